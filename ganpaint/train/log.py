@@ -1,0 +1,112 @@
+"""What a run shows: TensorBoard scalars and image grids, stats.jsonl, and console progress (rank 0).
+
+Losses are summed on the device between ticks and read back once per `log.every_steps`, so
+logging adds no host sync to ordinary steps. The console gets a rich progress bar on a terminal
+and plain periodic lines otherwise (SLURM logs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ganpaint.config import LogConfig
+
+
+class RunLogger:
+    """Rank 0 writes; other ranks keep only the device-side sums (cheap) and write nothing."""
+
+    def __init__(self, run_dir: Path, log: LogConfig, is_main: bool, total_steps: int,
+                 start_step: int, device: torch.device) -> None:
+        self.log, self.is_main, self.device = log, is_main, device
+        self.total_steps = total_steps
+        self.sums: dict[str, torch.Tensor] = {}
+        self.ticks = 0
+        self.images_seen = 0
+        self.tick_started = time.perf_counter()
+        self.console = Console(stderr=False)
+        self.writer = None
+        self.progress: Progress | None = None
+        if not is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.stats = (run_dir / "stats.jsonl").open("a")
+        mode = log.progress
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.mode = mode
+        if mode == "rich":
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[losses]}"),
+                TimeRemainingColumn(), console=self.console, refresh_per_second=4)
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
+                                               phase="", rate="", losses="")
+            self.progress.start()
+
+    def record(self, losses: dict[str, torch.Tensor], images: int) -> None:
+        """Add one step's losses (device tensors) to the running sums."""
+        for key, value in losses.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.ticks += 1
+        self.images_seen += images
+
+    def tick(self, step: int, phase_name: str, extra: dict[str, float] | None = None) -> dict:
+        """Read back the means since the last tick and write them everywhere. Returns them."""
+        elapsed = time.perf_counter() - self.tick_started
+        means = {key: float(value) / max(1, self.ticks) for key, value in self.sums.items()}
+        row = {f"{phase_name}/{key}": value for key, value in means.items()}
+        row["perf/img_per_s"] = self.images_seen / max(elapsed, 1e-9)
+        row["perf/step_ms"] = 1000 * elapsed / max(1, self.ticks)
+        if self.device.type == "cuda":
+            row["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        row.update(extra or {})
+        self.sums, self.ticks, self.images_seen = {}, 0, 0
+        self.tick_started = time.perf_counter()
+        if self.is_main:
+            self._write(step, phase_name, row, means)
+        return row
+
+    def _write(self, step: int, phase_name: str, row: dict, means: dict) -> None:
+        for key, value in row.items():
+            self.writer.add_scalar(key, value, step)
+        self.stats.write(json.dumps({"step": step, "phase": phase_name, "time": time.time(),
+                                     **row}) + "\n")
+        self.stats.flush()
+        losses = " ".join(f"{key} {value:.4g}" for key, value in means.items())
+        rate = f"{row['perf/img_per_s']:.1f} img/s"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, phase=phase_name, rate=rate,
+                                 losses=losses)
+        elif self.mode == "plain":
+            print(f"step {step}/{self.total_steps} [{phase_name}] {rate} "
+                  f"{row['perf/step_ms']:.0f} ms/step {losses}", flush=True)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.is_main:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def image_grid(self, step: int, tag: str, grid: torch.Tensor) -> None:
+        """grid: [3,H,W] float in [0,1]."""
+        if self.is_main:
+            self.writer.add_image(tag, grid.clamp(0, 1), step)
+
+    def message(self, text: str) -> None:
+        if self.is_main:
+            self.console.print(text) if self.progress is not None else print(text, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()
+            self.stats.close()

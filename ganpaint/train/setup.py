@@ -1,0 +1,76 @@
+"""Building what the loop trains: the Accelerator, the nets and their optimisers, prepared together."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from torch import nn
+
+from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
+from ganpaint.models import build_nets
+from ganpaint.train.steps import Trainables
+
+
+def make_accelerator(run: RunConfig) -> Accelerator:
+    """One Accelerator per process; CPU when asked or when no GPU is present."""
+    use_cpu = run.cpu or not torch.cuda.is_available()
+    if use_cpu and run.mixed_precision == "fp16":
+        raise ConfigError("config key 'run.mixed_precision': fp16 needs a GPU; use bf16 on the CPU")
+    accelerator = Accelerator(
+        cpu=use_cpu,
+        mixed_precision=run.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+    # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
+    # unsynchronised single processes: refuse that instead of training N separate models.
+    expected = int(os.environ.get("WORLD_SIZE", 1))
+    if accelerator.num_processes != expected:
+        raise ConfigError(f"accelerate started {accelerator.num_processes} process(es) but "
+                          f"WORLD_SIZE is {expected}: check the launch configuration")
+    return accelerator
+
+
+def build_optimizer(name: str, parameters, lr: float, optim: OptimConfig) -> torch.optim.Optimizer:
+    if name == "adadelta":
+        # Zeiler's Adadelta as GLCIC trains it; lr=1.0 is the method's own (unit) step scale.
+        return torch.optim.Adadelta(parameters, lr=lr, weight_decay=optim.weight_decay)
+    return torch.optim.Adam(parameters, lr=lr, betas=(optim.beta1, optim.beta2),
+                            weight_decay=optim.weight_decay)
+
+
+def critic_clamp(config: TrainConfig) -> float:
+    """The WGAN seed's rule: +-0.03 with several critic steps per G step, else +-0.05."""
+    if config.loss.clamp > 0:
+        return config.loss.clamp
+    return 0.03 if config.schedule.critic_steps > 1 else 0.05
+
+
+def build_trainables(config: TrainConfig, accelerator: Accelerator,
+                     fill_rgb: torch.Tensor) -> Trainables:
+    """Nets (channels_last, SyncBatchNorm, torch.compile as configured) and optimisers, prepared."""
+    nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
+    generator, discriminator = nets.generator, nets.discriminator
+    if config.run.sync_batchnorm and accelerator.num_processes > 1:
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    if config.run.channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+        discriminator = discriminator.to(memory_format=torch.channels_last)
+    optim = config.optim
+    generator_optimizer = build_optimizer(optim.generator, generator.parameters(),
+                                          optim.generator_lr, optim)
+    discriminator_optimizer = build_optimizer(optim.discriminator, discriminator.parameters(),
+                                              optim.discriminator_lr, optim)
+    if config.run.compile:
+        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+    generator, discriminator, generator_optimizer, discriminator_optimizer = accelerator.prepare(
+        generator, discriminator, generator_optimizer, discriminator_optimizer)
+    return Trainables(
+        accelerator=accelerator, generator=generator, discriminator=discriminator,
+        generator_optimizer=generator_optimizer, discriminator_optimizer=discriminator_optimizer,
+        loss=config.loss, local_px=config.masks.local_px, fill_rgb=fill_rgb.to(accelerator.device),
+        critic_clamp=critic_clamp(config), accumulation=optim.grad_accum_steps,
+        global_and_local=config.model.family == "glcic")

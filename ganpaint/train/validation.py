@@ -1,0 +1,76 @@
+"""The fixed validation batch: image grids and hole PSNR against the mean-fill baseline, in training.
+
+The same images and holes are used at every tick (and after a resume), so the curves compare
+like with like. The nets run unwrapped and in eval mode on rank 0 only, which needs no collective.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid
+
+from ganpaint.completion import complete, fill_holes
+from ganpaint.config import TrainConfig
+from ganpaint.data.masks import hole_generator, make_holes
+from ganpaint.data.stream import val_batch
+
+VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training step's holes
+
+
+@dataclass
+class ValidationSet:
+    images: torch.Tensor  # [N,3,H,W] float in [0,1]
+    hole_mask: torch.Tensor  # [N,1,H,W]
+    latent: torch.Tensor  # dcgan: fixed z [N, latent_dim]
+
+
+def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
+    images = val_batch(config.data, config.data.val_images).to(device).float() / 255
+    count = images.shape[0]
+    seed = config.run.seed + VALIDATION_SEED_OFFSET
+    holes = make_holes(config.masks, count, config.data.image_px,
+                       hole_generator(seed, 0, 0, device), device)
+    latent = torch.randn(count, config.model.latent_dim,
+                         generator=torch.Generator(device).manual_seed(seed), device=device)
+    return ValidationSet(images, holes.hole_mask, latent)
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def hole_psnr(prediction: torch.Tensor, target: torch.Tensor, hole_mask: torch.Tensor) -> float:
+    """PSNR in dB over hole pixels only, images in [0,1] (MSE averaged over all hole pixels)."""
+    squared = ((prediction - target) ** 2 * hole_mask).sum()
+    count = (hole_mask.sum() * prediction.shape[1]).clamp_min(1)
+    return float(10 * torch.log10(1.0 / (squared / count).clamp_min(1e-12)))
+
+
+@torch.no_grad()
+def validate(generator: nn.Module, family: str, fill_rgb: torch.Tensor,
+             validation: ValidationSet) -> tuple[dict[str, float], torch.Tensor]:
+    """(scalars, grid): hole PSNR of the net and of the mean fill; rows original | input | output |
+    composited (inpainting) or a grid of fixed-latent samples (dcgan)."""
+    with evaluating(generator):
+        if family == "dcgan":
+            samples = generator(validation.latent).float()
+            return {}, make_grid(samples, nrow=8)
+        images, hole_mask = validation.images, validation.hole_mask
+        prediction, completed = complete(generator, images, hole_mask, fill_rgb)
+        masked_input = fill_holes(images, hole_mask, fill_rgb)
+    scalars = {
+        "val/hole_psnr": hole_psnr(completed.float(), images, hole_mask),
+        "val/hole_psnr_mean_fill": hole_psnr(masked_input, images, hole_mask),
+    }
+    rows = torch.cat([images, masked_input, prediction.float(), completed.float()])
+    return scalars, make_grid(rows, nrow=images.shape[0])

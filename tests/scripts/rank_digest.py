@@ -1,0 +1,43 @@
+"""Train under a launcher and record, on every rank, a digest of its parameters at each checkpoint.
+
+Used by tests/test_distributed.py: identical digests on all ranks prove the DDP ranks stayed in step.
+Usage: accelerate launch ... tests/scripts/rank_digest.py CONFIG [dotted.key=value ...]
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from ganpaint import config as config_lib
+from ganpaint.train import checkpoint
+from ganpaint.train.distributed import shutdown
+from ganpaint.train.loop import train
+
+real_save = checkpoint.save
+
+
+def save_and_digest(parts, run_dir, step, config, keep, extra=None):
+    digests = {}
+    for name in ("generator", "discriminator"):
+        module = parts.accelerator.unwrap_model(getattr(parts, name))
+        digest = hashlib.sha256()
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(key.encode() + tensor.detach().float().cpu().numpy().tobytes())
+        digests[name] = digest.hexdigest()
+    rank = parts.accelerator.process_index
+    with (Path(run_dir) / f"digest-rank{rank}.jsonl").open("a") as handle:
+        handle.write(json.dumps({"step": step, "world": parts.accelerator.num_processes,
+                                 **digests}) + "\n")
+    return real_save(parts, run_dir, step, config, keep, extra)
+
+
+checkpoint.save = save_and_digest
+
+if __name__ == "__main__":
+    train(config_lib.load(sys.argv[1], sys.argv[2:]))
+    shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
