@@ -1,0 +1,51 @@
+"""Reference fills every model is judged against: the mean colour and OpenCV's Telea inpainting.
+
+Both return completed images in the evaluation's layout (float RGB [N, 3, H, W] in [0, 1], hole
+mask [N, 1, H, W] with 1 = hole) with the known pixels untouched, so their metrics sit beside the
+model's on the same holes.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from ganpaint.completion import fill_holes
+
+# Telea's neighbourhood radius in pixels; 3-5 is the usual range and the GLCIC post-processing's.
+TELEA_RADIUS = 3
+
+
+def mean_fill(
+    images: torch.Tensor, hole_mask: torch.Tensor, mean_rgb: torch.Tensor
+) -> torch.Tensor:
+    """The hole painted in one colour: the training set's mean, [3] in [0, 1]."""
+    return fill_holes(images, hole_mask, mean_rgb)
+
+
+def telea_inpaint_uint8(
+    image_rgb: np.ndarray, hole: np.ndarray, radius: int = TELEA_RADIUS
+) -> np.ndarray:
+    """cv2.inpaint (Telea's fast marching) of one uint8 [H, W, 3] image; hole uint8/bool [H, W]."""
+    return cv2.inpaint(image_rgb, hole.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+
+
+def telea_fill(
+    images: torch.Tensor, hole_mask: torch.Tensor, radius: int = TELEA_RADIUS
+) -> torch.Tensor:
+    """Telea inpainting of each image (on the CPU: OpenCV), composited over the known pixels.
+
+    The images are quantised to uint8 for OpenCV; only the hole takes the quantised result, so
+    known pixels keep their exact values.
+    """
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    holes = (hole_mask[:, 0] > 0.5).cpu().numpy()
+    filled = np.stack(
+        [
+            telea_inpaint_uint8(image, hole, radius)
+            for image, hole in zip(pixels, holes, strict=True)
+        ]
+    )
+    telea = torch.from_numpy(filled).to(images.device).permute(0, 3, 1, 2).to(images.dtype) / 255
+    return images * (1 - hole_mask) + telea * hole_mask
