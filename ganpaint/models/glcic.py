@@ -1,0 +1,118 @@
+"""GLCIC (Iizuka et al. 2017): the 17-layer completion net and the global + local discriminators.
+
+Departures from the paper, all deliberate:
+- Convolutions followed by BN have no bias (BN's shift makes it redundant); the order is always
+  conv -> BN -> ReLU (one public port applies BN after ReLU).
+- The discriminators return a logit; the sigmoid lives in the loss (`binary_cross_entropy_with_logits`),
+  which is safe under autocast where sigmoid + BCE is not.
+- Image sizes other than the paper's adapt the discriminators by one rule, `layers.halvings`: stride-2
+  convs are stacked while the map stays >= 4 px (256 px: 6 convs, 128 px: 5, the paper's two
+  cases; 160 px: 5 with a 5x5 final map; 96 px: 4 with 6x6).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganpaint.models.layers import (
+    Row,
+    halvings,
+    init_weights,
+    make_layers,
+    out_channels,
+    take_rows,
+)
+
+# Completion network, the paper's Table 1, row for row (channels at width 64).
+COMPLETION_NET = [
+    Row("conv", 64, 5),
+    Row("conv", 128, 3, stride=2),
+    Row("conv", 128, 3),
+    Row("conv", 256, 3, stride=2),
+    Row("conv", 256, 3),
+    Row("conv", 256, 3),
+    Row("conv", 256, 3, dilation=2),
+    Row("conv", 256, 3, dilation=4),
+    Row("conv", 256, 3, dilation=8),
+    Row("conv", 256, 3, dilation=16),
+    Row("conv", 256, 3),
+    Row("conv", 256, 3),
+    Row("deconv", 128, 4, stride=2),
+    Row("conv", 128, 3),
+    Row("deconv", 64, 4, stride=2),
+    Row("conv", 32, 3),
+    Row("conv", 3, 3, norm=False, activation=None, scale=False),  # sigmoid applied in forward
+]
+
+# Discriminators, the paper's Table 2: 5x5 stride-2 convs, then FC -> fc_features. The global D
+# has all six convs at 256 px; the local D (128 px) the first five. Other sizes: `halvings`.
+DISCRIMINATOR_CONVS = [
+    Row("conv", 64, 5, stride=2),
+    Row("conv", 128, 5, stride=2),
+    Row("conv", 256, 5, stride=2),
+    Row("conv", 512, 5, stride=2),
+    Row("conv", 512, 5, stride=2),
+    Row("conv", 512, 5, stride=2),
+]
+
+
+class CompletionNet(nn.Module):
+    """GLCIC completion network: fully convolutional, H and W any multiple of 4.
+
+    forward(image_filled [N, 3, H, W] in [0, 1] with the hole already set to the fill colour,
+    hole_mask [N, 1, H, W], 1 = hole) -> completion [N, 3, H, W] in [0, 1] (sigmoid). The mask is
+    the fourth input channel, as in the paper. 6.07 M parameters at width 64.
+    """
+
+    predicts_center = False
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.layers = make_layers(COMPLETION_NET, 4, width)
+        self.apply(init_weights)
+
+    def forward(self, image_filled: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
+        net_input = torch.cat([image_filled, hole_mask.to(image_filled.dtype)], dim=1)
+        return torch.sigmoid(self.layers(net_input))
+
+
+class DiscriminatorBranch(nn.Module):
+    """One GLCIC discriminator: image [N, 3, P, P] -> features [N, fc_features] (after ReLU)."""
+
+    def __init__(self, image_px: int, disc_width: int, fc_features: int) -> None:
+        super().__init__()
+        rows = take_rows(DISCRIMINATOR_CONVS, halvings(image_px))
+        self.convs = make_layers(rows, 3, disc_width)
+        side = image_px
+        for _ in rows:  # 5x5 kernels with padding 2 and stride 2: ceil(side / 2)
+            side = (side + 1) // 2
+        self.fc = nn.Sequential(
+            nn.Linear(out_channels(self.convs[-1]) * side * side, fc_features),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(image).flatten(1))
+
+
+class GLCICDiscriminator(nn.Module):
+    """Global + local context discriminators joined by one FC layer.
+
+    forward(image [N, 3, H, W] in [0, 1] (the whole completed or real image),
+    local_patch [N, 3, L, L] in [0, 1] (the local area around the hole)) -> logits [N].
+    The two fc_features vectors are concatenated and mapped to one logit (no sigmoid here).
+    """
+
+    def __init__(
+        self, image_px: int, local_px: int, disc_width: int = 64, fc_features: int = 1024
+    ) -> None:
+        super().__init__()
+        self.global_net = DiscriminatorBranch(image_px, disc_width, fc_features)
+        self.local_net = DiscriminatorBranch(local_px, disc_width, fc_features)
+        self.joint = nn.Linear(2 * fc_features, 1)
+        self.apply(init_weights)
+
+    def forward(self, image: torch.Tensor, local_patch: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([self.global_net(image), self.local_net(local_patch)], dim=1)
+        return self.joint(joined).squeeze(1)
