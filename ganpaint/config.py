@@ -23,7 +23,7 @@ FAMILIES = ("glcic", "context_encoder", "wgan_unet", "dcgan")
 MASK_KINDS = ("center", "rect", "multi_rect", "brush")
 BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
 HOLE_FILLS = ("mean", "zero")
 
@@ -36,7 +36,7 @@ class ConfigError(UserError, ValueError):
 class RunConfig:
     dir: str = "runs/demo"  # run directory: config, checkpoints, logs, exports
     seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; weights stay fp32)
     cpu: bool = False  # force the CPU even where a GPU is present
     channels_last: bool = True
     compile: bool = False  # torch.compile the per-phase step

@@ -102,7 +102,8 @@ def load(parts: Trainables, path: Path) -> dict:
         module = accelerator.unwrap_model(model)
         module = getattr(module, "_orig_mod", module)
         module.load_state_dict(load_file(str(path / f"{name}.safetensors"), device="cpu"))
-    optimizers = torch.load(path / "optimizers.pt", map_location=accelerator.device,
+    # Optimizer.load_state_dict moves each state tensor to its parameter's device.
+    optimizers = torch.load(path / "optimizers.pt", map_location="cpu",
                             weights_only=True)
     parts.generator_optimizer.load_state_dict(optimizers["generator"])
     parts.discriminator_optimizer.load_state_dict(optimizers["discriminator"])

@@ -6,7 +6,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
@@ -19,10 +19,15 @@ def make_accelerator(run: RunConfig) -> Accelerator:
     use_cpu = run.cpu or not torch.cuda.is_available()
     if use_cpu and run.mixed_precision == "fp16":
         raise ConfigError("config key 'run.mixed_precision': fp16 needs a GPU; use bf16 on the CPU")
+    if use_cpu and run.sync_batchnorm and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError("config key 'run.sync_batchnorm': SyncBatchNorm needs GPUs (torch "
+                          "supports it only for CUDA modules)")
+    # broadcast_buffers: BN running statistics follow rank 0 (the DDP default), so every rank
+    # validates and exports the same net; run.sync_batchnorm makes the batch statistics global too.
     accelerator = Accelerator(
         cpu=use_cpu,
-        mixed_precision=run.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        mixed_precision="no" if run.mixed_precision == "fp32" else run.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=True)],
     )
     # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
     # unsynchronised single processes: refuse that instead of training N separate models.
@@ -51,6 +56,7 @@ def critic_clamp(config: TrainConfig) -> float:
 def build_trainables(config: TrainConfig, accelerator: Accelerator,
                      fill_rgb: torch.Tensor) -> Trainables:
     """Nets (channels_last, SyncBatchNorm, torch.compile as configured) and optimisers, prepared."""
+    set_seed(config.run.seed)  # same initial weights on every rank and in every re-run
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
     generator, discriminator = nets.generator, nets.discriminator
     if config.run.sync_batchnorm and accelerator.num_processes > 1:
