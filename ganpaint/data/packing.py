@@ -1,0 +1,155 @@
+"""Writing one shard: read, resize and encode its images into a WebDataset tar, atomically.
+
+This is the unit of work of `ganpaint shards` (one task per shard, run in a worker process). The
+tar is byte-for-byte reproducible: samples in input order, members sorted per sample, every mtime
+zero, so re-packing the same inputs gives the same sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ganpaint.data.sources import ImageReader, Item, SkipImage
+
+MANIFEST = "manifest.json"  # written last: a shard directory is complete once it holds one
+STATE_DIR = ".packing"  # unfinished tars and per-shard records, removed with the manifest written
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to write one shard; `plan` fingerprints it for resuming."""
+
+    name: str  # e.g. "train-000003.tar"
+    split: str
+    items: tuple[Item, ...]
+    output: str  # the shard directory
+    size: int  # shortest side after resizing (px)
+    image_format: str  # jpg | png | webp
+    quality: int
+    seed: int  # synthetic drawing seed
+    plan: str  # sha256 of the parameters and items: a shard is reused only if this matches
+
+
+def resize_shortest(image: np.ndarray, size: int) -> np.ndarray:
+    """Scale [H, W, 3] so its shortest side is `size`, aspect kept.
+
+    INTER_AREA when shrinking (no aliasing); INTER_CUBIC when enlarging, where INTER_AREA would
+    fall back to nearest-neighbour-like blocks.
+    """
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    if scale == 1:
+        return image
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))  # (w, h)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(image, new_size, interpolation=interpolation)
+
+
+def encode(image_rgb: np.ndarray, image_format: str, quality: int) -> bytes:
+    """[H, W, 3] uint8 RGB -> jpg / png / webp bytes."""
+    options = {
+        "jpg": [cv2.IMWRITE_JPEG_QUALITY, quality],
+        "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
+        "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
+    }[image_format]
+    ok, data = cv2.imencode("." + image_format, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), options)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {image_format} image")
+    return data.tobytes()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """One tar member with fixed metadata (mtime 0, read-only), so identical input gives identical
+    bytes. Written with tarfile, not webdataset's writer, to keep torch out of packing processes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o444, 0
+    info.uname = info.gname = "ganpaint"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def pack_shard(task: ShardTask) -> dict:
+    """Write the task's tar and its record; return the record.
+
+    Record: name, split, count, bytes, sha256, mean_rgb (mean of per-image means, RGB in [0, 1]),
+    plan, and skipped ({"path", "reason", "split", "shard"} for images that did not decode).
+    """
+    output = Path(task.output)
+    temporary = output / STATE_DIR / f"{task.name}.tmp-{os.getpid()}"
+    reader = ImageReader(task.size, task.seed)
+    skipped, colour_sum, count = [], np.zeros(3), 0
+    try:
+        with tarfile.open(temporary, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for item in task.items:
+                try:
+                    original = reader(item)
+                except SkipImage as reason:
+                    skipped.append(
+                        {
+                            "path": item.origin,
+                            "reason": str(reason),
+                            "split": task.split,
+                            "shard": task.name,
+                        }
+                    )
+                    continue
+                image = resize_shortest(original, task.size)
+                meta = {
+                    "source": item.origin,
+                    "original_size": list(original.shape[1::-1]),
+                    "size": list(image.shape[1::-1]),
+                }
+                # WebDataset groups members by the name before the first dot: the sample key.
+                add_member(
+                    tar,
+                    f"{item.key}.{task.image_format}",
+                    encode(image, task.image_format, task.quality),
+                )
+                add_member(tar, f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
+                colour_sum += np.asarray(cv2.mean(image)[:3]) / 255.0
+                count += 1
+        os.replace(temporary, output / task.name)
+    finally:
+        reader.close()
+        temporary.unlink(missing_ok=True)
+    path = output / task.name
+    record = {
+        "name": task.name,
+        "split": task.split,
+        "count": count,
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "mean_rgb": (colour_sum / max(count, 1)).tolist(),
+        "plan": task.plan,
+        "skipped": skipped,
+    }
+    write_json(output / STATE_DIR / f"{task.name}.json", record)
+    return record
+
+
+def init_worker() -> None:
+    """One OpenCV thread per packing process: the processes already fill the cores."""
+    cv2.setNumThreads(1)

@@ -1,0 +1,236 @@
+"""Streaming shards for training and evaluation: one rank's endless, seeded training stream, the
+fixed validation batch, and in-order evaluation batches.
+
+Determinism contract: the training stream is a pure function of (manifest, DataConfig, local
+batch, rank, world size, seed, start_step). Every random choice (shard order, shuffle buffer,
+crop, flip) comes from a generator seeded by those values; DataLoader workers produce whole
+batches and the loader takes them round-robin, so the batch order is fixed too. The training loop
+rebuilds the loader at every checkpoint with start_step = that step, so a resumed run sees exactly
+the batches of an uninterrupted one without saving any iterator state.
+
+Shards per epoch: each (rank, worker) pair is a reader. In every epoch the train shards are
+permuted by (seed, start_step, epoch) and dealt round-robin to the readers, so no two readers (and
+no two ranks) read the same shard in an epoch and together they read all of them. With fewer
+shards than readers that cannot be done: each reader then draws one shard per epoch at random,
+with replacement. Either way every rank's stream is endless, so all ranks yield equal batch counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ganpaint.config import DataConfig
+from ganpaint.data.decode import centre_square, decode_reduction, random_square
+from ganpaint.data.packing import MANIFEST
+from ganpaint.data.samples import ErrorCount, fill_batches, read_samples, shuffle
+from ganpaint.errors import UserError
+
+SHARD_ORDER, SAMPLE_ORDER = 0, 1  # first seed word: the two kinds of generator never share a stream
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    """The shard directory's manifest.json. UserError (one line) if missing or not a manifest."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(
+            f"{path}: not found; pack shards first: ganpaint shards --output {shard_dir} ..."
+        )
+    try:
+        manifest = json.loads(path.read_text())
+        splits = manifest["splits"]
+        valid = (
+            all(isinstance(splits[name]["shards"], list) for name in splits)
+            and len(manifest["mean_rgb"]) == 3
+            and int(manifest["parameters"]["size"]) > 0
+            and isinstance(manifest["image_key"], str)
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{path}: not a ganpaint shard manifest ({type(error).__name__}: {error})"
+        ) from None
+    if not valid:
+        raise UserError(f"{path}: not a ganpaint shard manifest")
+    return manifest
+
+
+def _split_paths(manifest: dict, shard_dir: str | Path, split: str) -> list[str]:
+    """Paths of the split's non-empty shards, in manifest order; UserError if one is missing."""
+    if split not in manifest["splits"]:
+        raise UserError(
+            f"{Path(shard_dir) / MANIFEST}: no split {split!r} "
+            f"(has {', '.join(manifest['splits'])})"
+        )
+    paths = []
+    for shard in manifest["splits"][split]["shards"]:
+        path = Path(shard_dir) / shard["name"]
+        if not path.is_file():
+            raise UserError(f"{path}: listed in {MANIFEST} but missing")
+        if shard["count"]:
+            paths.append(str(path))
+    return paths
+
+
+def epoch_shards(
+    shard_count: int, reader: int, readers: int, seed: int, start_step: int, epoch: int
+) -> list[int]:
+    """Indices of the shards that `reader` (of `readers`) reads in `epoch`.
+
+    Disjoint across readers and complete when shard_count >= readers; otherwise one shard drawn
+    with replacement per reader and epoch.
+    """
+    if shard_count >= readers:
+        order = np.random.default_rng(_words(SHARD_ORDER, seed, start_step, epoch)).permutation(
+            shard_count
+        )
+        return order[reader::readers].tolist()
+    draw = np.random.default_rng(_words(SHARD_ORDER, seed, start_step, epoch, reader))
+    return [int(draw.integers(shard_count))]
+
+
+def _words(*values: int) -> list[int]:
+    """Seed words for numpy's SeedSequence, which takes non-negative integers only."""
+    return [value % 2**64 for value in values]
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """One rank's endless stream of augmented training batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        data: DataConfig,
+        local_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        start_step: int,
+    ):
+        manifest = read_manifest(data.shards)
+        self.paths = _split_paths(manifest, data.shards, "train")
+        if not self.paths:
+            raise UserError(f"{Path(data.shards) / MANIFEST}: the train split holds no images")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        packed_px = int(manifest["parameters"]["size"])
+        if packed_px < data.resize_min_px:
+            warnings.warn(
+                f"{data.shards}: shards packed at {packed_px} px are enlarged to "
+                f"{data.resize_min_px}-{data.resize_max_px} px; pack with --size "
+                f"{data.resize_max_px} for sharper crops",
+                stacklevel=3,
+            )
+        self.data, self.local_batch = data, local_batch
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.start_step = seed, start_step
+        self.image_key = manifest["image_key"]
+        self.reduction = decode_reduction(packed_px, data.resize_max_px)
+        self.readers_per_rank = max(1, data.workers)
+
+    def _shard_urls(self, reader: int) -> Iterator[str]:
+        readers = self.world_size * self.readers_per_rank
+        for epoch in itertools.count():
+            for index in epoch_shards(
+                len(self.paths), reader, readers, self.seed, self.start_step, epoch
+            ):
+                yield self.paths[index]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None:  # the workers already fill the cores: OpenCV threads would fight them
+            cv2.setNumThreads(1)
+        data = self.data
+        reader = self.rank * self.readers_per_rank + worker
+        rng = np.random.default_rng(
+            _words(SAMPLE_ORDER, self.seed, self.start_step, self.rank, worker)
+        )
+        errors = ErrorCount(f"{data.shards} (rank {self.rank}, worker {worker})")
+        samples = shuffle(
+            read_samples(self._shard_urls(reader), self.image_key, errors), data.shuffle_buffer, rng
+        )
+
+        def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
+            square = random_square(
+                height, width, data.image_px, data.resize_min_px, data.resize_max_px, rng
+            )
+            return square, bool(data.hflip and rng.random() < 0.5)
+
+        return fill_batches(
+            samples, self.reduction, data.image_px, self.local_batch, choose, errors
+        )
+
+
+def train_loader(
+    data: DataConfig, local_batch: int, rank: int, world_size: int, seed: int, start_step: int
+) -> Iterable[torch.Tensor]:
+    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank.
+
+    data.workers DataLoader workers (0 = in this process); pinned memory when CUDA is available.
+    The batch sequence is a pure function of the arguments and the manifest (module docstring).
+    """
+    stream = TrainStream(data, local_batch, rank, world_size, seed, start_step)
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=data.workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        # A private generator: building the loader must not advance the global torch RNG.
+        generator=torch.Generator().manual_seed(_words(seed)[0] % 2**63),
+    )
+
+
+def iterate_split(
+    shard_dir: str | Path, split: str, image_px: int, batch_size: int, limit: int | None = None
+) -> Iterator[torch.Tensor]:
+    """The split's images in manifest order as uint8 [B, 3, image_px, image_px] RGB batches.
+
+    Shortest side resized to image_px, centre crop; at most `limit` images; the last batch may be
+    short. Corrupt samples are skipped with a warning.
+    """
+    manifest = read_manifest(shard_dir)
+    paths = _split_paths(manifest, shard_dir, split)
+    errors = ErrorCount(f"{shard_dir} ({split})")
+    samples = read_samples(paths, manifest["image_key"], errors)
+    reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
+
+    def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
+        return centre_square(height, width), False
+
+    return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit)
+
+
+def val_batch(data: DataConfig, count: int, split: str | None = None) -> torch.Tensor:
+    """The first `count` images of `split` (default data.val_split): uint8 [count, 3, px, px].
+
+    Deterministic: shortest side resized to data.image_px, centre crop. An empty split falls back
+    to "train" with a warning; a split with fewer images gives fewer (with a warning).
+    """
+    split = split or data.val_split
+    manifest = read_manifest(data.shards)
+    _split_paths(manifest, data.shards, split)  # an unknown split is an error, not a fallback
+    if not manifest["splits"][split]["count"]:
+        warnings.warn(
+            f"{data.shards}: split {split!r} is empty; validating on 'train' images", stacklevel=2
+        )
+        split = "train"
+    batches = list(iterate_split(data.shards, split, data.image_px, max(count, 1), limit=count))
+    images = (
+        torch.cat(batches)
+        if batches
+        else torch.empty((0, 3, data.image_px, data.image_px), dtype=torch.uint8)
+    )
+    if len(images) < count:
+        warnings.warn(
+            f"{data.shards}: split {split!r} has {len(images)} images, fewer than the "
+            f"{count} asked for",
+            stacklevel=2,
+        )
+    return images
