@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).parent.parent
 TINY = ROOT / "tests" / "scripts" / "tiny.yaml"
@@ -68,3 +70,24 @@ def test_twenty_consecutive_launches_exit_cleanly(synthetic_shards, tmp_path):
         if result.returncode != 0:
             failures.append((attempt, result.returncode, result.stderr[-500:]))
     assert not failures
+
+
+def test_two_processes_make_the_update_of_one_with_the_whole_batch(tmp_path):
+    """2 ranks x B/2 == 1 process x B (as 2 accumulated micro-batches, so BN sees the same
+    B/2-image batches), through all three GLCIC phases with Adadelta."""
+    script = ROOT / "tests" / "scripts" / "equivalence.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one.safetensors")],
+                            capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = launch(script, str(tmp_path / "two.safetensors"))
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = load_file(str(tmp_path / "one.safetensors"))
+    two = load_file(str(tmp_path / "two.safetensors"))
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[key], two[key]) for key in one if key.startswith("initial."))
+    final = [key for key in one if not key.startswith("initial.")]
+    worst = max(float((one[key] - two[key]).abs().max()) for key in final)
+    # ...and training moved the weights far more than that, so the comparison is not vacuous.
+    moved = max(float((two[key] - two[f"initial.{key}"]).abs().max()) for key in final)
+    assert worst < 1e-5 and moved > 1000 * worst, (worst, moved)

@@ -1,6 +1,7 @@
 """Tiny real runs of the training loop on real shards: phases, run directory, resume, signals, NaN."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -148,14 +149,17 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "ganpaint.cli", "train", "--config",
                str(ROOT / "tests" / "scripts" / "tiny.yaml"), f"data.shards={synthetic_shards}",
-               f"run.dir={run_dir}", "schedule.total_steps=400", "log.every_steps=1",
-               "checkpoint.every_steps=1000"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               f"run.dir={run_dir}", "data.workers=1", "schedule.total_steps=400",
+               "log.every_steps=1", "checkpoint.every_steps=1000"]
+    # A session of its own: the signal goes to the whole process group, loader worker included,
+    # as `timeout` or a shell would send it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     deadline = time.time() + 120
     while not (run_dir / "stats.jsonl").exists() or not (run_dir / "stats.jsonl").read_text():
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     (stopped_at, _), = checkpoint.saved_steps(run_dir)

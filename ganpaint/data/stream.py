@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -167,6 +168,14 @@ class TrainStream(torch.utils.data.IterableDataset):
         )
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Workers ignore SIGTERM / SIGUSR1: `timeout`, SLURM or a shell may signal the whole process
+    group, and a worker dying mid-step would abort the training step the main process is finishing
+    before its checkpoint. Workers still exit when the main process does (DataLoader watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def train_loader(
     data: DataConfig, local_batch: int, rank: int, world_size: int, seed: int, start_step: int
 ) -> Iterable[torch.Tensor]:
@@ -182,6 +191,7 @@ def train_loader(
         num_workers=data.workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
         # A private generator: building the loader must not advance the global torch RNG.
         generator=torch.Generator().manual_seed(_words(seed)[0] % 2**63),
     )
