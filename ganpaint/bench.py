@@ -52,11 +52,12 @@ class SyntheticFeed:
         holes = make_holes(config.masks, local_batch, px, generator, device)
         memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
         images = torch.rand(local_batch, 3, px, px, device=device, generator=generator)
-        self.batch = Batch(images.contiguous(memory_format=memory_format),
-                           holes.hole_mask.contiguous(memory_format=memory_format),
-                           holes.local_origin,
-                           torch.randn(local_batch, config.model.latent_dim, device=device,
-                                       generator=generator))
+        self.batch = Batch(
+            images.contiguous(memory_format=memory_format),
+            holes.hole_mask.contiguous(memory_format=memory_format),
+            holes.local_origin,
+            torch.randn(local_batch, config.model.latent_dim, device=device, generator=generator),
+        )
 
     def batches(self, step: int, count: int) -> list[Batch]:
         return [self.batch] * count
@@ -74,8 +75,9 @@ class ShardFeed:
         return self.feed.batches(step)
 
 
-def _time_phase(parts, kind: str, feed, micro: int, steps: int, warmup: int,
-                device: torch.device) -> dict:
+def _time_phase(
+    parts, kind: str, feed, micro: int, steps: int, warmup: int, device: torch.device
+) -> dict:
     step_function = STEP_FUNCTIONS[kind]
     started = time.perf_counter()
     for step in range(warmup):
@@ -93,13 +95,19 @@ def _time_phase(parts, kind: str, feed, micro: int, steps: int, warmup: int,
         step_function(parts, feed.batches(step, micro))
     _synchronize(device)
     elapsed = time.perf_counter() - started
-    return {"warmup_s": warmup_s, "step_ms": 1000 * elapsed / steps, "flops_per_step": flops,
-            "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
-                             if device.type == "cuda" else None)}
+    return {
+        "warmup_s": warmup_s,
+        "step_ms": 1000 * elapsed / steps,
+        "flops_per_step": flops,
+        "peak_mem_gib": (
+            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        ),
+    }
 
 
-def run_bench(config: TrainConfig, phase_numbers: list[int], steps: int, warmup: int,
-              data: str) -> list[dict]:
+def run_bench(
+    config: TrainConfig, phase_numbers: list[int], steps: int, warmup: int, data: str
+) -> list[dict]:
     """Measure each requested phase of `config`; one row per phase."""
     if data != "synthetic":
         config = replace(config, data=replace(config.data, shards=data))
@@ -108,65 +116,111 @@ def run_bench(config: TrainConfig, phase_numbers: list[int], steps: int, warmup:
     parts = build_trainables(config, accelerator, torch.full((3,), 0.5))
     run_phases = schedule.phases(config.model.family, config.schedule)
     local_batch = config.data.batch_size // config.optim.grad_accum_steps
-    feed = (SyntheticFeed(config, device, local_batch) if data == "synthetic"
-            else ShardFeed(config, parts, run_phases))
+    feed = (
+        SyntheticFeed(config, device, local_batch)
+        if data == "synthetic"
+        else ShardFeed(config, parts, run_phases)
+    )
     peak = device_peak_tflops(device)
     rows = []
     for phase in run_phases:
         if phase_numbers and phase.number not in phase_numbers:
             continue
-        micro = config.optim.grad_accum_steps * batches_per_step(phase.kind,
-                                                                 config.schedule.critic_steps)
+        micro = config.optim.grad_accum_steps * batches_per_step(
+            phase.kind, config.schedule.critic_steps
+        )
         timing = _time_phase(parts, phase.kind, feed, micro, steps, warmup, device)
         images_per_step = config.data.batch_size
         tflops = timing["flops_per_step"] / (timing["step_ms"] / 1000) / 1e12
-        rows.append({
-            "phase": phase.number, "name": phase.name, "kind": phase.kind,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "batch": images_per_step, "precision": config.run.mixed_precision,
-            "compile": config.run.compile, "data": data,
-            "img_per_s": images_per_step / (timing["step_ms"] / 1000),
-            "step_ms": timing["step_ms"], "warmup_s": timing["warmup_s"],
-            "gflop_per_img": timing["flops_per_step"] / images_per_step / 1e9,
-            "tflops": tflops, "mfu": tflops / peak if peak else None,
-            "peak_mem_gib": timing["peak_mem_gib"],
-        })
+        rows.append(
+            {
+                "phase": phase.number,
+                "name": phase.name,
+                "kind": phase.kind,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "batch": images_per_step,
+                "precision": config.run.mixed_precision,
+                "compile": config.run.compile,
+                "data": data,
+                "img_per_s": images_per_step / (timing["step_ms"] / 1000),
+                "step_ms": timing["step_ms"],
+                "warmup_s": timing["warmup_s"],
+                "gflop_per_img": timing["flops_per_step"] / images_per_step / 1e9,
+                "tflops": tflops,
+                "mfu": tflops / peak if peak else None,
+                "peak_mem_gib": timing["peak_mem_gib"],
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     table = Table(title="ganpaint bench")
-    for column in ("phase", "device", "batch", "img/s", "ms/step", "warm-up s", "GFLOP/img",
-                   "TFLOP/s", "MFU", "peak GiB"):
+    for column in (
+        "phase",
+        "device",
+        "batch",
+        "img/s",
+        "ms/step",
+        "warm-up s",
+        "GFLOP/img",
+        "TFLOP/s",
+        "MFU",
+        "peak GiB",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            f"{row['phase']} {row['name']}", row["device"], str(row["batch"]),
-            f"{row['img_per_s']:.1f}", f"{row['step_ms']:.1f}", f"{row['warmup_s']:.1f}",
-            f"{row['gflop_per_img']:.2f}", f"{row['tflops']:.3f}",
+            f"{row['phase']} {row['name']}",
+            row["device"],
+            str(row["batch"]),
+            f"{row['img_per_s']:.1f}",
+            f"{row['step_ms']:.1f}",
+            f"{row['warmup_s']:.1f}",
+            f"{row['gflop_per_img']:.2f}",
+            f"{row['tflops']:.3f}",
             f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
-            f"{row['peak_mem_gib']:.1f}" if row["peak_mem_gib"] is not None else "-")
+            f"{row['peak_mem_gib']:.1f}" if row["peak_mem_gib"] is not None else "-",
+        )
     Console().print(table)
 
 
-def bench_command(config: str, overrides: list[str], phases: str, steps: int, warmup: int,
-                  data: str, loader_only: bool, workers: str, json_out: str | None) -> int:
+def bench_command(
+    config: str,
+    overrides: list[str],
+    phases: str,
+    steps: int,
+    warmup: int,
+    data: str,
+    loader_only: bool,
+    workers: str,
+    json_out: str | None,
+) -> int:
     train_config = config_lib.load(config, overrides)
     if loader_only:
         if data == "synthetic":
             raise UserError("--loader-only needs --data SHARD_DIR")
         from ganpaint.data.throughput import measure_loader
 
-        rows = [measure_loader(data, train_config.data.image_px, int(count), batches=steps,
-                               batch_size=train_config.data.batch_size,
-                               resize_max_px=train_config.data.resize_max_px)
-                for count in workers.split(",")]
+        rows = [
+            measure_loader(
+                data,
+                train_config.data.image_px,
+                int(count),
+                batches=steps,
+                batch_size=train_config.data.batch_size,
+                resize_max_px=train_config.data.resize_max_px,
+            )
+            for count in workers.split(",")
+        ]
         Console().print_json(json.dumps(rows))
     else:
         try:
             numbers = [int(part) for part in phases.split(",") if part.strip()]
         except ValueError:
-            raise UserError(f"--phases takes comma-separated phase numbers, got {phases!r}") from None
+            raise UserError(
+                f"--phases takes comma-separated phase numbers, got {phases!r}"
+            ) from None
         rows = run_bench(train_config, numbers, steps, warmup, data)
         print_table(rows)
     if json_out:

@@ -26,7 +26,9 @@ def _shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=1000, help="synthetic: number of images")
     p.add_argument("--val-fraction", type=float, default=0.05, help="folder/hash split: val share")
     p.add_argument("--seed", type=int, default=0, help="synthetic drawing seed")
-    p.add_argument("--overwrite", action="store_true", help="replace an output dir holding other data")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an output dir holding other data"
+    )
     p.set_defaults(handler="ganpaint.data.shards:pack_command")
 
 

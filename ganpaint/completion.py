@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 
-def fill_holes(images: torch.Tensor, hole_mask: torch.Tensor, fill_rgb: torch.Tensor) -> torch.Tensor:
+def fill_holes(
+    images: torch.Tensor, hole_mask: torch.Tensor, fill_rgb: torch.Tensor
+) -> torch.Tensor:
     """Replace the hole by a constant colour (GLCIC: the training set's mean).
 
     images [N,3,H,W] in [0,1]; hole_mask [N,1,H,W], 1 = hole; fill_rgb [3] in [0,1].

@@ -104,7 +104,9 @@ class LossConfig:
     reconstruction_weight: float = 1.0  # lambda_rec
     adversarial_weight: float = 4e-4  # GLCIC alpha / Context Encoder lambda_adv
     label_smoothing: float = 0.0  # one-sided: real targets become 1 - smoothing
-    clamp: float = 0.0  # wgan critic weight clamp; 0 = seed rule (0.03 if critic_steps > 1 else 0.05)
+    clamp: float = (
+        0.0  # wgan critic weight clamp; 0 = seed rule (0.03 if critic_steps > 1 else 0.05)
+    )
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,9 @@ def _one_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """Defaults <- YAML file <- `dotted.key=value` overrides; validated; frozen.
 
     Raises ConfigError (one line) for a missing file, an unknown key, a wrong type or a failed rule.
@@ -205,54 +209,89 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
     _choice("log.progress", config.log.progress, PROGRESS_MODES)
-    for key in ("data.image_px", "data.batch_size", "model.width", "model.disc_width",
-                "model.fc_features", "model.latent_dim", "optim.grad_accum_steps",
-                "schedule.total_steps", "schedule.critic_steps", "log.every_steps",
-                "log.image_every_steps", "checkpoint.every_steps", "checkpoint.keep",
-                "run.max_bad_steps", "masks.max_holes"):
+    for key in (
+        "data.image_px",
+        "data.batch_size",
+        "model.width",
+        "model.disc_width",
+        "model.fc_features",
+        "model.latent_dim",
+        "optim.grad_accum_steps",
+        "schedule.total_steps",
+        "schedule.critic_steps",
+        "log.every_steps",
+        "log.image_every_steps",
+        "checkpoint.every_steps",
+        "checkpoint.keep",
+        "run.max_bad_steps",
+        "masks.max_holes",
+    ):
         _positive(key, _get(config, key))
-    for key in ("data.workers", "data.val_images", "schedule.completion_steps",
-                "schedule.discriminator_steps", "loss.adversarial_weight",
-                "loss.reconstruction_weight", "loss.clamp", "optim.weight_decay"):
+    for key in (
+        "data.workers",
+        "data.val_images",
+        "schedule.completion_steps",
+        "schedule.discriminator_steps",
+        "loss.adversarial_weight",
+        "loss.reconstruction_weight",
+        "loss.clamp",
+        "optim.weight_decay",
+    ):
         _positive(key, _get(config, key), allow_zero=True)
     if not 0 <= loss.label_smoothing < 0.5:
-        raise ConfigError(f"config key 'loss.label_smoothing': must be in [0, 0.5), got {loss.label_smoothing}")
+        raise ConfigError(
+            f"config key 'loss.label_smoothing': must be in [0, 0.5), got {loss.label_smoothing}"
+        )
     if data.image_px % 16:
-        raise ConfigError(f"config key 'data.image_px': must be a multiple of 16, got {data.image_px}")
+        raise ConfigError(
+            f"config key 'data.image_px': must be a multiple of 16, got {data.image_px}"
+        )
     if not data.image_px <= data.resize_min_px <= data.resize_max_px:
         raise ConfigError(
             "config key 'data.resize_min_px': need image_px <= resize_min_px <= resize_max_px, got "
-            f"{data.image_px} <= {data.resize_min_px} <= {data.resize_max_px}")
+            f"{data.image_px} <= {data.resize_min_px} <= {data.resize_max_px}"
+        )
     if model.family != "dcgan":
         if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
             raise ConfigError(
                 "config key 'masks.hole_max_px': need 1 <= hole_min_px <= hole_max_px <= local_px, got "
-                f"{masks.hole_min_px}, {masks.hole_max_px}, {masks.local_px}")
+                f"{masks.hole_min_px}, {masks.hole_max_px}, {masks.local_px}"
+            )
         if masks.local_px > data.image_px:
             raise ConfigError(
                 f"config key 'masks.local_px': local area {masks.local_px} px exceeds the image "
-                f"({data.image_px} px)")
+                f"({data.image_px} px)"
+            )
     if model.family in ("context_encoder", "wgan_unet"):
         # These generators predict the centre square only: the hole is that square, fixed.
         if masks.kind != "center":
-            raise ConfigError(f"config key 'masks.kind': {model.family} predicts the centre; use 'center'")
+            raise ConfigError(
+                f"config key 'masks.kind': {model.family} predicts the centre; use 'center'"
+            )
         if masks.local_px * 2 != data.image_px or masks.hole_max_px != masks.local_px:
             raise ConfigError(
                 f"config key 'masks.local_px': {model.family} needs local_px = hole_max_px = "
-                f"image_px / 2, got local_px={masks.local_px}, image_px={data.image_px}")
+                f"image_px / 2, got local_px={masks.local_px}, image_px={data.image_px}"
+            )
     if model.family == "glcic":
         if schedule.completion_steps + schedule.discriminator_steps > schedule.total_steps:
             raise ConfigError(
                 "config key 'schedule.total_steps': must be >= completion_steps + discriminator_steps "
-                f"({schedule.completion_steps} + {schedule.discriminator_steps}), got {schedule.total_steps}")
+                f"({schedule.completion_steps} + {schedule.discriminator_steps}), got {schedule.total_steps}"
+            )
         if masks.local_px % 16:
-            raise ConfigError(f"config key 'masks.local_px': must be a multiple of 16, got {masks.local_px}")
+            raise ConfigError(
+                f"config key 'masks.local_px': must be a multiple of 16, got {masks.local_px}"
+            )
     if model.family == "dcgan" and data.image_px != 64:
-        raise ConfigError(f"config key 'data.image_px': dcgan generates 64 px images, got {data.image_px}")
+        raise ConfigError(
+            f"config key 'data.image_px': dcgan generates 64 px images, got {data.image_px}"
+        )
     if data.batch_size % (world_size * optim.grad_accum_steps):
         raise ConfigError(
             f"config key 'data.batch_size': {data.batch_size} is not divisible by "
-            f"{world_size} processes x {optim.grad_accum_steps} accumulation steps")
+            f"{world_size} processes x {optim.grad_accum_steps} accumulation steps"
+        )
 
 
 def _get(config: Any, dotted: str) -> Any:
@@ -285,5 +324,8 @@ def from_dict(values: dict) -> TrainConfig:
 
 def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     """Model-shaping keys whose values differ, as 'key: saved -> current' strings."""
-    return [f"{key}: {_get(saved, key)!r} -> {_get(current, key)!r}"
-            for key in MODEL_SHAPING_KEYS if _get(saved, key) != _get(current, key)]
+    return [
+        f"{key}: {_get(saved, key)!r} -> {_get(current, key)!r}"
+        for key in MODEL_SHAPING_KEYS
+        if _get(saved, key) != _get(current, key)
+    ]

@@ -42,19 +42,30 @@ def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     # Unwrap DDP / torch.compile wrappers so names match a freshly built net.
     module = getattr(module, "module", module)
     module = getattr(module, "_orig_mod", module)
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    return {
+        name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()
+    }
 
 
-def save_export(directory: str | Path, generator: nn.Module, discriminator: nn.Module,
-                config: TrainConfig, mean_rgb: tuple[float, float, float], step: int) -> None:
+def save_export(
+    directory: str | Path,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    config: TrainConfig,
+    mean_rgb: tuple[float, float, float],
+    step: int,
+) -> None:
     """Write generator.safetensors, discriminator.safetensors and config.yaml (atomically, each)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"config": config_lib.to_dict(config), "mean_rgb": list(mean_rgb), "step": step}
     for name, module in ((GENERATOR_FILE, generator), (DISCRIMINATOR_FILE, discriminator)):
         tmp = directory / (name + ".tmp")
-        save_file(_state_dict(module), str(tmp),
-                  metadata={"ganpaint": json.dumps({**meta, "net": name.split(".")[0]})})
+        save_file(
+            _state_dict(module),
+            str(tmp),
+            metadata={"ganpaint": json.dumps({**meta, "net": name.split(".")[0]})},
+        )
         tmp.replace(directory / name)
     config_lib.save(config, directory / "config.yaml")
 
@@ -64,8 +75,10 @@ def _resolve(path: str | Path) -> Path:
     for candidate in (path / "export" / GENERATOR_FILE, path / GENERATOR_FILE, path):
         if candidate.is_file():
             return candidate
-    raise UserError(f"no exported generator at {path} (expected RUN_DIR/export/{GENERATOR_FILE} "
-                    "or a .safetensors file written by ganpaint train)")
+    raise UserError(
+        f"no exported generator at {path} (expected RUN_DIR/export/{GENERATOR_FILE} "
+        "or a .safetensors file written by ganpaint train)"
+    )
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Exported:

@@ -79,10 +79,22 @@ def test_save_round_trip_and_shaping_differences(tmp_path):
 def test_train_cli_rejects_bad_key_before_any_work(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "ganpaint.cli", "train", "--config", "configs/demo.yaml",
-         "optim.lr=3", f"run.dir={run_dir}"],
-        capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+        [
+            sys.executable,
+            "-m",
+            "ganpaint.cli",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            "optim.lr=3",
+            f"run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "ganpaint: error: config key 'optim.lr': Key 'lr' not in 'OptimConfig'"]
+        "ganpaint: error: config key 'optim.lr': Key 'lr' not in 'OptimConfig'"
+    ]
     assert not run_dir.exists()

@@ -16,13 +16,28 @@ TINY = ROOT / "tests" / "scripts" / "tiny.yaml"
 
 def launch(script: Path, *args: str, processes: int = 2, timeout: int = 240):
     """`accelerate launch` with the flags that start N synchronised CPU processes (ENVIRONMENT.md)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(script), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(script),
+        *args,
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=env)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
 
 
 def digests(run_dir: Path, rank: int) -> list[dict]:
@@ -31,9 +46,15 @@ def digests(run_dir: Path, rank: int) -> list[dict]:
 
 
 def two_process_run(synthetic_shards: Path, run_dir: Path, total_steps: int, *overrides: str):
-    return launch(ROOT / "tests" / "scripts" / "rank_digest.py", str(TINY),
-                  f"data.shards={synthetic_shards}", f"run.dir={run_dir}",
-                  f"schedule.total_steps={total_steps}", "checkpoint.every_steps=3", *overrides)
+    return launch(
+        ROOT / "tests" / "scripts" / "rank_digest.py",
+        str(TINY),
+        f"data.shards={synthetic_shards}",
+        f"run.dir={run_dir}",
+        f"schedule.total_steps={total_steps}",
+        "checkpoint.every_steps=3",
+        *overrides,
+    )
 
 
 def parameters_only(rows: list[dict]) -> list[dict]:
@@ -54,7 +75,7 @@ def test_two_processes_train_identically_and_resume(synthetic_shards, tmp_path):
     second = two_process_run(synthetic_shards, run_dir, 8)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resumed {run_dir} at step 6" in second.stdout
-    resumed0, resumed1 = digests(run_dir, 0)[len(rank0):], digests(run_dir, 1)[len(rank0):]
+    resumed0, resumed1 = digests(run_dir, 0)[len(rank0) :], digests(run_dir, 1)[len(rank0) :]
     assert [row["step"] for row in resumed0] == [8, 8]
     assert parameters_only(resumed0) == parameters_only(resumed1)
 
@@ -63,10 +84,16 @@ def test_two_processes_train_identically_and_resume(synthetic_shards, tmp_path):
 def test_twenty_consecutive_launches_exit_cleanly(synthetic_shards, tmp_path):
     failures = []
     for attempt in range(20):
-        result = launch(ROOT / "train.py", "--config", str(TINY),
-                        f"data.shards={synthetic_shards}", f"run.dir={tmp_path / str(attempt)}",
-                        "schedule.total_steps=3", "schedule.completion_steps=1",
-                        "schedule.discriminator_steps=1")
+        result = launch(
+            ROOT / "train.py",
+            "--config",
+            str(TINY),
+            f"data.shards={synthetic_shards}",
+            f"run.dir={tmp_path / str(attempt)}",
+            "schedule.total_steps=3",
+            "schedule.completion_steps=1",
+            "schedule.discriminator_steps=1",
+        )
         if result.returncode != 0:
             failures.append((attempt, result.returncode, result.stderr[-500:]))
     assert not failures
@@ -77,8 +104,14 @@ def test_two_processes_make_the_update_of_one_with_the_whole_batch(tmp_path):
     B/2-image batches), through all three GLCIC phases with Adadelta."""
     script = ROOT / "tests" / "scripts" / "equivalence.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one.safetensors")],
-                            capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch(script, str(tmp_path / "two.safetensors"))
     assert double.returncode == 0, double.stderr[-3000:]

@@ -20,20 +20,44 @@ from ganpaint.train.loop import TrainingDiverged, train
 ROOT = Path(__file__).parent.parent
 
 FAMILY_OVERRIDES = {
-    "glcic": {"schedule.completion_steps": 2, "schedule.discriminator_steps": 2,
-              "schedule.total_steps": 6},
-    "context_encoder": {"masks.kind": "center", "masks.hole_min_px": 16, "masks.hole_max_px": 16,
-                        "masks.local_px": 16, "optim.generator": "adam",
-                        "optim.discriminator": "adam", "optim.generator_lr": 2.5e-4,
-                        "optim.discriminator_lr": 1e-4, "schedule.total_steps": 4},
-    "wgan_unet": {"masks.kind": "center", "masks.hole_min_px": 16, "masks.hole_max_px": 16,
-                  "masks.local_px": 16, "optim.generator": "adam", "optim.discriminator": "adam",
-                  "optim.generator_lr": 2e-3, "optim.discriminator_lr": 2e-3,
-                  "schedule.critic_steps": 2, "schedule.total_steps": 4},
-    "dcgan": {"data.image_px": 64, "data.resize_min_px": 64, "data.resize_max_px": 64,
-              "optim.generator": "adam", "optim.discriminator": "adam",
-              "optim.generator_lr": 2e-4, "optim.discriminator_lr": 2e-4,
-              "schedule.total_steps": 4},
+    "glcic": {
+        "schedule.completion_steps": 2,
+        "schedule.discriminator_steps": 2,
+        "schedule.total_steps": 6,
+    },
+    "context_encoder": {
+        "masks.kind": "center",
+        "masks.hole_min_px": 16,
+        "masks.hole_max_px": 16,
+        "masks.local_px": 16,
+        "optim.generator": "adam",
+        "optim.discriminator": "adam",
+        "optim.generator_lr": 2.5e-4,
+        "optim.discriminator_lr": 1e-4,
+        "schedule.total_steps": 4,
+    },
+    "wgan_unet": {
+        "masks.kind": "center",
+        "masks.hole_min_px": 16,
+        "masks.hole_max_px": 16,
+        "masks.local_px": 16,
+        "optim.generator": "adam",
+        "optim.discriminator": "adam",
+        "optim.generator_lr": 2e-3,
+        "optim.discriminator_lr": 2e-3,
+        "schedule.critic_steps": 2,
+        "schedule.total_steps": 4,
+    },
+    "dcgan": {
+        "data.image_px": 64,
+        "data.resize_min_px": 64,
+        "data.resize_max_px": 64,
+        "optim.generator": "adam",
+        "optim.discriminator": "adam",
+        "optim.generator_lr": 2e-4,
+        "optim.discriminator_lr": 2e-4,
+        "schedule.total_steps": 4,
+    },
 }
 
 
@@ -43,9 +67,15 @@ def stats(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("family", list(FAMILY_OVERRIDES))
 def test_each_family_trains_through_its_phases(family, synthetic_shards, make_config):
-    config = make_config(synthetic_shards, **{"model.family": family, "log.every_steps": 1,
-                                              "log.image_every_steps": 2,
-                                              **FAMILY_OVERRIDES[family]})
+    config = make_config(
+        synthetic_shards,
+        **{
+            "model.family": family,
+            "log.every_steps": 1,
+            "log.image_every_steps": 2,
+            **FAMILY_OVERRIDES[family],
+        },
+    )
     run_dir = train(config)
     rows = stats(run_dir)
     assert [row["step"] for row in rows] == list(range(1, config.schedule.total_steps + 1))
@@ -68,20 +98,36 @@ def _final_generator(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_interrupted_run_resumes_to_the_same_weights(synthetic_shards, make_config, tmp_path):
-    common = {"schedule.completion_steps": 3, "schedule.discriminator_steps": 2,
-              "checkpoint.every_steps": 4, "checkpoint.keep": 10,
-              "log.every_steps": 1}
-    straight = make_config(synthetic_shards, **common, **{"schedule.total_steps": 9,
-                                                          "run.dir": str(tmp_path / "straight")})
+    common = {
+        "schedule.completion_steps": 3,
+        "schedule.discriminator_steps": 2,
+        "checkpoint.every_steps": 4,
+        "checkpoint.keep": 10,
+        "log.every_steps": 1,
+    }
+    straight = make_config(
+        synthetic_shards,
+        **common,
+        **{"schedule.total_steps": 9, "run.dir": str(tmp_path / "straight")},
+    )
     train(straight)
     # The same run stopped at step 6 (inside a data segment and inside phase 3), then re-run.
-    first = make_config(synthetic_shards, **common, **{"schedule.total_steps": 6,
-                                                       "run.dir": str(tmp_path / "resumed")})
+    first = make_config(
+        synthetic_shards,
+        **common,
+        **{"schedule.total_steps": 6, "run.dir": str(tmp_path / "resumed")},
+    )
     train(first)
-    resumed = make_config(synthetic_shards, **common, **{"schedule.total_steps": 9,
-                                                         "run.dir": str(tmp_path / "resumed")})
+    resumed = make_config(
+        synthetic_shards,
+        **common,
+        **{"schedule.total_steps": 9, "run.dir": str(tmp_path / "resumed")},
+    )
     train(resumed)
-    expected, actual = _final_generator(tmp_path / "straight"), _final_generator(tmp_path / "resumed")
+    expected, actual = (
+        _final_generator(tmp_path / "straight"),
+        _final_generator(tmp_path / "resumed"),
+    )
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
@@ -89,14 +135,25 @@ def test_interrupted_run_resumes_to_the_same_weights(synthetic_shards, make_conf
 
 
 def test_resume_refuses_another_model_shape(synthetic_shards, make_config):
-    config = make_config(synthetic_shards, **{"schedule.total_steps": 2,
-                                              "schedule.completion_steps": 2,
-                                              "schedule.discriminator_steps": 0})
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 2,
+            "schedule.completion_steps": 2,
+            "schedule.discriminator_steps": 0,
+        },
+    )
     train(config)
-    wider = make_config(synthetic_shards, **{"run.dir": config.run.dir, "model.width": 16,
-                                             "schedule.total_steps": 3,
-                                             "schedule.completion_steps": 2,
-                                             "schedule.discriminator_steps": 0})
+    wider = make_config(
+        synthetic_shards,
+        **{
+            "run.dir": config.run.dir,
+            "model.width": 16,
+            "schedule.total_steps": 3,
+            "schedule.completion_steps": 2,
+            "schedule.discriminator_steps": 0,
+        },
+    )
     with pytest.raises(UserError, match="model.width: 8 -> 16"):
         train(wider)
 
@@ -110,10 +167,15 @@ def test_injected_nan_is_skipped_and_counted(synthetic_shards, make_config, monk
         return value * float("nan") if calls["n"] in (2, 3) else value
 
     monkeypatch.setattr(losses, "masked_mse", mse_with_two_nans)
-    config = make_config(synthetic_shards, **{"schedule.total_steps": 5,
-                                              "schedule.completion_steps": 5,
-                                              "schedule.discriminator_steps": 0,
-                                              "log.every_steps": 1})
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 5,
+            "schedule.completion_steps": 5,
+            "schedule.discriminator_steps": 0,
+            "log.every_steps": 1,
+        },
+    )
     run_dir = train(config)
     rows = stats(run_dir)
     assert [row["health/skipped_steps"] for row in rows] == [0, 1, 2, 2, 2]
@@ -123,12 +185,19 @@ def test_injected_nan_is_skipped_and_counted(synthetic_shards, make_config, monk
     assert all(torch.isfinite(t.float()).all() for t in weights.values())
 
 
-def test_nan_storm_stops_the_run_and_keeps_the_last_checkpoint(synthetic_shards, make_config,
-                                                               monkeypatch):
-    config = make_config(synthetic_shards, **{"schedule.total_steps": 8,
-                                              "schedule.completion_steps": 8,
-                                              "schedule.discriminator_steps": 0,
-                                              "checkpoint.every_steps": 2, "run.max_bad_steps": 3})
+def test_nan_storm_stops_the_run_and_keeps_the_last_checkpoint(
+    synthetic_shards, make_config, monkeypatch
+):
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 8,
+            "schedule.completion_steps": 8,
+            "schedule.discriminator_steps": 0,
+            "checkpoint.every_steps": 2,
+            "run.max_bad_steps": 3,
+        },
+    )
     real_mse, calls = losses.masked_mse, {"n": 0}
 
     def nan_after_two(prediction, target, hole_mask=None):
@@ -147,14 +216,25 @@ def test_nan_storm_stops_the_run_and_keeps_the_last_checkpoint(synthetic_shards,
 
 def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "ganpaint.cli", "train", "--config",
-               str(ROOT / "tests" / "scripts" / "tiny.yaml"), f"data.shards={synthetic_shards}",
-               f"run.dir={run_dir}", "data.workers=1", "schedule.total_steps=400",
-               "log.every_steps=1", "checkpoint.every_steps=1000"]
+    command = [
+        sys.executable,
+        "-m",
+        "ganpaint.cli",
+        "train",
+        "--config",
+        str(ROOT / "tests" / "scripts" / "tiny.yaml"),
+        f"data.shards={synthetic_shards}",
+        f"run.dir={run_dir}",
+        "data.workers=1",
+        "schedule.total_steps=400",
+        "log.every_steps=1",
+        "checkpoint.every_steps=1000",
+    ]
     # A session of its own: the signal goes to the whole process group, loader worker included,
     # as `timeout` or a shell would send it.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 120
     while not (run_dir / "stats.jsonl").exists() or not (run_dir / "stats.jsonl").read_text():
         assert process.poll() is None and time.time() < deadline, process.communicate()
@@ -162,11 +242,19 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    (stopped_at, _), = checkpoint.saved_steps(run_dir)
+    ((stopped_at, _),) = checkpoint.saved_steps(run_dir)
     assert 0 < stopped_at < 400 and "stop signal" in out
-    again = subprocess.run(command[:-3] + ["schedule.total_steps=" + str(stopped_at + 2),
-                                           "log.every_steps=1", "checkpoint.every_steps=1000"],
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        command[:-3]
+        + [
+            "schedule.total_steps=" + str(stopped_at + 2),
+            "log.every_steps=1",
+            "checkpoint.every_steps=1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     assert f"resumed {run_dir} at step {stopped_at}" in again.stdout
     assert stats(run_dir)[-1]["step"] == stopped_at + 2

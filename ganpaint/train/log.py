@@ -22,8 +22,15 @@ from ganpaint.config import LogConfig
 class RunLogger:
     """Rank 0 writes; other ranks keep only the device-side sums (cheap) and write nothing."""
 
-    def __init__(self, run_dir: Path, log: LogConfig, is_main: bool, total_steps: int,
-                 start_step: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        log: LogConfig,
+        is_main: bool,
+        total_steps: int,
+        start_step: int,
+        device: torch.device,
+    ) -> None:
         self.log, self.is_main, self.device = log, is_main, device
         self.total_steps = total_steps
         self.sums: dict[str, torch.Tensor] = {}
@@ -45,11 +52,18 @@ class RunLogger:
         self.mode = mode
         if mode == "rich":
             self.progress = Progress(
-                TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[losses]}"),
-                TimeRemainingColumn(), console=self.console, refresh_per_second=4)
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
-                                               phase="", rate="", losses="")
+                TextColumn("[bold]{task.fields[phase]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[losses]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                refresh_per_second=4,
+            )
+            self.task = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, phase="", rate="", losses=""
+            )
             self.progress.start()
 
     def record(self, losses: dict[str, torch.Tensor], images: int) -> None:
@@ -78,17 +92,22 @@ class RunLogger:
     def _write(self, step: int, phase_name: str, row: dict, means: dict) -> None:
         for key, value in row.items():
             self.writer.add_scalar(key, value, step)
-        self.stats.write(json.dumps({"step": step, "phase": phase_name, "time": time.time(),
-                                     **row}) + "\n")
+        self.stats.write(
+            json.dumps({"step": step, "phase": phase_name, "time": time.time(), **row}) + "\n"
+        )
         self.stats.flush()
         losses = " ".join(f"{key} {value:.4g}" for key, value in means.items())
         rate = f"{row['perf/img_per_s']:.1f} img/s"
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, phase=phase_name, rate=rate,
-                                 losses=losses)
+            self.progress.update(
+                self.task, completed=step, phase=phase_name, rate=rate, losses=losses
+            )
         elif self.mode == "plain":
-            print(f"step {step}/{self.total_steps} [{phase_name}] {rate} "
-                  f"{row['perf/step_ms']:.0f} ms/step {losses}", flush=True)
+            print(
+                f"step {step}/{self.total_steps} [{phase_name}] {rate} "
+                f"{row['perf/step_ms']:.0f} ms/step {losses}",
+                flush=True,
+            )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.is_main:

@@ -28,8 +28,12 @@ class Phase:
 
 
 # The joint step of each family; GLCIC adds two phases before it.
-JOINT_KIND = {"glcic": "glcic_joint", "context_encoder": "adversarial_joint",
-              "wgan_unet": "wgan_joint", "dcgan": "dcgan"}
+JOINT_KIND = {
+    "glcic": "glcic_joint",
+    "context_encoder": "adversarial_joint",
+    "wgan_unet": "wgan_joint",
+    "dcgan": "dcgan",
+}
 
 
 def phases(family: str, schedule: ScheduleConfig) -> tuple[Phase, ...]:

@@ -32,10 +32,15 @@ def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
     images = val_batch(config.data, config.data.val_images).to(device).float() / 255
     count = images.shape[0]
     seed = config.run.seed + VALIDATION_SEED_OFFSET
-    holes = make_holes(config.masks, count, config.data.image_px,
-                       hole_generator(seed, 0, 0, device), device)
-    latent = torch.randn(count, config.model.latent_dim,
-                         generator=torch.Generator(device).manual_seed(seed), device=device)
+    holes = make_holes(
+        config.masks, count, config.data.image_px, hole_generator(seed, 0, 0, device), device
+    )
+    latent = torch.randn(
+        count,
+        config.model.latent_dim,
+        generator=torch.Generator(device).manual_seed(seed),
+        device=device,
+    )
     return ValidationSet(images, holes.hole_mask, latent)
 
 
@@ -57,8 +62,9 @@ def hole_psnr(prediction: torch.Tensor, target: torch.Tensor, hole_mask: torch.T
 
 
 @torch.no_grad()
-def validate(generator: nn.Module, family: str, fill_rgb: torch.Tensor,
-             validation: ValidationSet) -> tuple[dict[str, float], torch.Tensor]:
+def validate(
+    generator: nn.Module, family: str, fill_rgb: torch.Tensor, validation: ValidationSet
+) -> tuple[dict[str, float], torch.Tensor]:
     """(scalars, grid): hole PSNR of the net and of the mean fill; rows original | input | output |
     composited (inpainting) or a grid of fixed-latent samples (dcgan)."""
     with evaluating(generator):

@@ -21,10 +21,21 @@ from ganpaint.train.setup import build_trainables, make_accelerator
 from ganpaint.train.steps import STEP_FUNCTIONS, Batch
 
 SLICES = 2  # the global batch is cut in this many slices: ranks, or accumulated micro-batches
-TINY = ["data.image_px=32", "data.resize_min_px=32", "data.resize_max_px=32", "data.batch_size=8",
-        "masks.local_px=16", "masks.hole_min_px=8", "masks.hole_max_px=12", "model.width=8",
-        "model.disc_width=8", "model.fc_features=32", "schedule.completion_steps=2",
-        "schedule.discriminator_steps=2", "schedule.total_steps=6"]
+TINY = [
+    "data.image_px=32",
+    "data.resize_min_px=32",
+    "data.resize_max_px=32",
+    "data.batch_size=8",
+    "masks.local_px=16",
+    "masks.hole_min_px=8",
+    "masks.hole_max_px=12",
+    "model.width=8",
+    "model.disc_width=8",
+    "model.fc_features=32",
+    "schedule.completion_steps=2",
+    "schedule.discriminator_steps=2",
+    "schedule.total_steps=6",
+]
 
 
 def global_batch(config, steps: int) -> list[Batch]:
@@ -41,8 +52,11 @@ def global_batch(config, steps: int) -> list[Batch]:
 def cut(batch: Batch, index: int, device) -> Batch:
     size = batch.images.shape[0] // SLICES
     part = slice(index * size, (index + 1) * size)
-    return Batch(batch.images[part].to(device), batch.hole_mask[part].to(device),
-                 batch.local_origin[part].to(device))
+    return Batch(
+        batch.images[part].to(device),
+        batch.hole_mask[part].to(device),
+        batch.local_origin[part].to(device),
+    )
 
 
 def main(out: str, overrides: list[str]) -> None:

@@ -22,16 +22,19 @@ def save_and_digest(parts, run_dir, step, config, keep, extra=None):
     digests = {}
     for name in ("generator", "discriminator"):
         module = parts.accelerator.unwrap_model(getattr(parts, name))
-        for kind, tensors in (("parameters", module.named_parameters()),
-                              ("buffers", module.named_buffers())):
+        for kind, tensors in (
+            ("parameters", module.named_parameters()),
+            ("buffers", module.named_buffers()),
+        ):
             digest = hashlib.sha256()
             for key, tensor in sorted(tensors):
                 digest.update(key.encode() + tensor.detach().float().cpu().numpy().tobytes())
             digests[f"{name}_{kind}"] = digest.hexdigest()
     rank = parts.accelerator.process_index
     with (Path(run_dir) / f"digest-rank{rank}.jsonl").open("a") as handle:
-        handle.write(json.dumps({"step": step, "world": parts.accelerator.num_processes,
-                                 **digests}) + "\n")
+        handle.write(
+            json.dumps({"step": step, "world": parts.accelerator.num_processes, **digests}) + "\n"
+        )
     return real_save(parts, run_dir, step, config, keep, extra)
 
 
