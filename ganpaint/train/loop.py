@@ -76,8 +76,16 @@ class DataFeed:
         return groups * self.config.optim.grad_accum_steps
 
     def _open(self, segment_start: int) -> None:
-        self.stream = iter(train_loader(self.config.data, self.local_batch, self.rank, self.world,
-                                        self.config.run.seed, segment_start))
+        self.stream = iter(
+            train_loader(
+                self.config.data,
+                self.local_batch,
+                self.rank,
+                self.world,
+                self.config.run.seed,
+                segment_start,
+            )
+        )
 
     def batches(self, step: int) -> list[Batch]:
         if self.stream is None or step % self.segment == 0:
@@ -90,18 +98,24 @@ class DataFeed:
         return [self._batch(next(self.stream), generator) for _ in range(self._micro_batches(step))]
 
     def _batch(self, raw: torch.Tensor, generator: torch.Generator) -> Batch:
-        memory_format = (torch.channels_last if self.config.run.channels_last
-                         else torch.contiguous_format)
+        memory_format = (
+            torch.channels_last if self.config.run.channels_last else torch.contiguous_format
+        )
         images = raw.to(self.device, non_blocking=True).float().div_(255)
         images = images.contiguous(memory_format=memory_format)
         count, image_px = images.shape[0], self.config.data.image_px
         holes = make_holes(self.config.masks, count, image_px, generator, self.device)
         latent = None
         if self.config.model.family == "dcgan":
-            latent = torch.randn(count, self.config.model.latent_dim, generator=generator,
-                                 device=self.device)
-        return Batch(images, holes.hole_mask.contiguous(memory_format=memory_format),
-                     holes.local_origin, latent)
+            latent = torch.randn(
+                count, self.config.model.latent_dim, generator=generator, device=self.device
+            )
+        return Batch(
+            images,
+            holes.hole_mask.contiguous(memory_format=memory_format),
+            holes.local_origin,
+            latent,
+        )
 
 
 def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
@@ -148,9 +162,12 @@ def train(config: TrainConfig) -> Path:
         (run_dir / "samples").mkdir(exist_ok=True)
         config_lib.save(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
-    logger = RunLogger(run_dir, config.log, accelerator.is_main_process, total, step,
-                       accelerator.device)
-    validation = load_validation(config, accelerator.device) if accelerator.is_main_process else None
+    logger = RunLogger(
+        run_dir, config.log, accelerator.is_main_process, total, step, accelerator.device
+    )
+    validation = (
+        load_validation(config, accelerator.device) if accelerator.is_main_process else None
+    )
     feed = DataFeed(config, parts, run_phases)
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
@@ -180,7 +197,8 @@ def train(config: TrainConfig) -> Path:
                     raise TrainingDiverged(
                         f"{parts.health.in_a_row} non-finite '{parts.health.last_bad}' losses in a "
                         f"row in phase {phase.number} ({phase.name}) at step {step}: lower the "
-                        "learning rate or check the data; the last good checkpoint is kept")
+                        "learning rate or check the data; the last good checkpoint is kept"
+                    )
 
                 # Tick: scalars every log.every_steps, images every log.image_every_steps.
                 if step % config.log.every_steps == 0 or step == total:
@@ -193,16 +211,20 @@ def train(config: TrainConfig) -> Path:
                 if stop or step % config.checkpoint.every_steps == 0 or step in phase_ends:
                     save(step)
                 if stop:
-                    logger.message(f"stop signal: checkpoint saved at step {step}; run the same "
-                                   "command again to continue")
+                    logger.message(
+                        f"stop signal: checkpoint saved at step {step}; run the same "
+                        "command again to continue"
+                    )
                     return run_dir
 
         # Finish: inference export and the validation figures of the trained net.
         save(step)
+        # On every rank: gathering the fp32 master weights is a collective under DeepSpeed.
+        generator, discriminator = checkpoint.export_nets(parts, config)
         if accelerator.is_main_process:
-            save_export(run_dir / "export", accelerator.unwrap_model(parts.generator),
-                        accelerator.unwrap_model(parts.discriminator), config,
-                        tuple(fill_rgb.tolist()), step)
+            save_export(
+                run_dir / "export", generator, discriminator, config, tuple(fill_rgb.tolist()), step
+            )
             _report(run_dir, show(step), logger)
         return run_dir
     finally:
@@ -210,14 +232,18 @@ def train(config: TrainConfig) -> Path:
 
 
 def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None:
-    lines = [f"run directory: {run_dir}",
-             f"TensorBoard:   tensorboard --logdir {run_dir / 'tb'}",
-             f"sample grid:   {max((run_dir / 'samples').glob('step-*.png'), default='-')}",
-             f"export:        {run_dir / 'export'}"]
+    lines = [
+        f"run directory: {run_dir}",
+        f"TensorBoard:   tensorboard --logdir {run_dir / 'tb'}",
+        f"sample grid:   {max((run_dir / 'samples').glob('step-*.png'), default='-')}",
+        f"export:        {run_dir / 'export'}",
+    ]
     if scalars:
         model, baseline = scalars["val/hole_psnr"], scalars["val/hole_psnr_mean_fill"]
-        lines.append(f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB mean fill "
-                     f"({model - baseline:+.2f} dB)")
+        lines.append(
+            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB mean fill "
+            f"({model - baseline:+.2f} dB)"
+        )
     for line in lines:
         logger.message(line)
 

@@ -4,6 +4,8 @@ A step receives the prepared nets and optimisers (`Trainables`) and a list of mi
 than one under gradient accumulation; WGAN takes `critic_steps` groups of them). It updates the
 net(s) of its phase and returns a dict of scalar tensors, still on the device: nothing here waits
 for the GPU except the non-finite guard, which must agree across ranks before an optimiser steps.
+Under DeepSpeed the nets are engines that run their own backward and optimiser step, and the
+engine's gradient-norm check is the guard (ganpaint/train/deepspeed.py).
 
 Logit conventions (DESIGN.md): discriminators return logits; adversarial losses are BCE-with-logits.
 For the generator's adversarial term the discriminator is called unwrapped (no DDP hooks) with its
@@ -48,7 +50,7 @@ class Health:
 @dataclass
 class Trainables:
     accelerator: Accelerator
-    generator: nn.Module  # prepared (DDP-wrapped when distributed)
+    generator: nn.Module  # prepared: DDP-wrapped when distributed, or a DeepSpeed engine
     discriminator: nn.Module
     generator_optimizer: torch.optim.Optimizer
     discriminator_optimizer: torch.optim.Optimizer
@@ -58,6 +60,7 @@ class Trainables:
     critic_clamp: float  # wgan weight clamp
     accumulation: int = 1  # micro-batches per optimiser update
     global_and_local: bool = False  # GLCIC: D(image, local_patch); else D(local_patch)
+    deepspeed: bool = False  # the nets are DeepSpeed engines (one per net)
     health: Health = field(default_factory=Health)
 
     def __post_init__(self) -> None:
@@ -77,32 +80,79 @@ def frozen(module: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
-def _update(parts: Trainables, model: nn.Module, optimizer: torch.optim.Optimizer, name: str,
-            micro_batches: list[Batch], loss_fn: Callable[[Batch], Losses]) -> Losses:
+def _update(
+    parts: Trainables,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    micro_batches: list[Batch],
+    loss_fn: Callable[[Batch], Losses],
+) -> Losses:
     """Backward `loss_fn(batch)["loss"]` over micro-batches, then step unless it is non-finite.
 
     DDP gradients are all-reduced on the last micro-batch only. Under fp16 the scaler may also skip
-    a step (gradient overflow): that is routine loss scaling, not counted as a bad step.
+    a step (gradient overflow): that is routine loss scaling, not counted as a bad step. A DeepSpeed
+    engine skips (and this counts) an update whose gradients are non-finite.
     """
-    accelerator, count = parts.accelerator, len(micro_batches)
+    count = len(micro_batches)
     totals: Losses = {}
     for index, batch in enumerate(micro_batches):
-        sync = nullcontext() if index == count - 1 else accelerator.no_sync(model)
-        with sync:
-            with accelerator.autocast():
-                values = loss_fn(batch)
-            accelerator.backward(values["loss"] / count)
+        values = _backward(parts, model, loss_fn, batch, count, last=index == count - 1)
         for key, value in values.items():
             totals[key] = totals.get(key, 0) + value.detach().float() / count
-    if _all_finite(parts, totals["loss"]):
-        optimizer.step()
+    if _step(parts, model, optimizer, totals["loss"]):
         parts.health.in_a_row = 0
     else:
         parts.health.skipped += 1
         parts.health.in_a_row += 1
         parts.health.last_bad = name
-    optimizer.zero_grad(set_to_none=True)
     return {f"{name}_{key}": value for key, value in totals.items()}
+
+
+def _backward(
+    parts: Trainables,
+    model: nn.Module,
+    loss_fn: Callable[[Batch], Losses],
+    batch: Batch,
+    count: int,
+    last: bool,
+) -> Losses:
+    """Forward and backward of one micro-batch, its loss scaled by 1 / count."""
+    if parts.deepspeed:
+        values = loss_fn(batch)
+        model.backward(values["loss"] / count, scale_wrt_gas=False)
+        model.step()  # counts the micro-batch; the optimiser runs at the accumulation boundary
+        return values
+    accelerator = parts.accelerator
+    with nullcontext() if last else accelerator.no_sync(model):
+        with accelerator.autocast():
+            values = loss_fn(batch)
+        accelerator.backward(values["loss"] / count)
+    return values
+
+
+def _step(
+    parts: Trainables, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
+) -> bool:
+    """Apply the accumulated gradients unless the loss is non-finite; True if applied."""
+    if parts.deepspeed:
+        # The engine has stepped at the boundary, or skipped (and cleared) non-finite gradients.
+        return model.was_step_applied()
+    finite = _all_finite(parts, loss)
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
+def _clamp_critic(parts: Trainables) -> None:
+    """WGAN weight clipping after a critic update (DeepSpeed: of its fp32 masters too)."""
+    if parts.deepspeed:
+        from ganpaint.train import deepspeed
+
+        deepspeed.clamp_weights_(parts.discriminator, parts.critic_clamp)
+    else:
+        losses.clamp_weights_(parts.plain_discriminator, parts.critic_clamp)
 
 
 def _all_finite(parts: Trainables, loss: torch.Tensor) -> bool:
@@ -117,8 +167,9 @@ def _complete(parts: Trainables, batch: Batch) -> tuple[torch.Tensor, torch.Tens
     return complete(parts.generator, batch.images, batch.hole_mask, parts.fill_rgb)
 
 
-def _judge(parts: Trainables, discriminator: nn.Module, images: torch.Tensor,
-           origin: torch.Tensor) -> torch.Tensor:
+def _judge(
+    parts: Trainables, discriminator: nn.Module, images: torch.Tensor, origin: torch.Tensor
+) -> torch.Tensor:
     """Discriminator logits for images: GLCIC sees image + local patch, the others the patch only."""
     local_patch = crop_local(images, origin, parts.local_px)
     if parts.global_and_local:
@@ -152,8 +203,9 @@ def discriminator_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
             _, completed = _complete(parts, batch)
         return _discriminator_losses(parts, batch, completed)
 
-    return _update(parts, parts.discriminator, parts.discriminator_optimizer, "d",
-                   micro_batches, loss_fn)
+    return _update(
+        parts, parts.discriminator, parts.discriminator_optimizer, "d", micro_batches, loss_fn
+    )
 
 
 def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein: bool) -> Losses:
@@ -173,25 +225,38 @@ def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein
             return _discriminator_losses(parts, batch, fake)
         real = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
         fake_scores = _judge(parts, parts.discriminator, fake, batch.local_origin)
-        return {"loss": losses.wgan_critic_loss(real, fake_scores),
-                "real_score": real.mean(), "fake_score": fake_scores.mean()}
+        return {
+            "loss": losses.wgan_critic_loss(real, fake_scores),
+            "real_score": real.mean(),
+            "fake_score": fake_scores.mean(),
+        }
 
     def generator_loss(batch: Batch) -> Losses:
         prediction, completed = stash.pop(id(batch)) if reuse else _complete(parts, batch)
         mse = losses.masked_mse(prediction, batch.images, batch.hole_mask)
         with frozen(parts.plain_discriminator):
             fake = _judge(parts, parts.plain_discriminator, completed, batch.local_origin)
-        adversarial = losses.wgan_generator_loss(fake) if wasserstein else losses.generator_bce(fake)
-        loss = (parts.loss.reconstruction_weight * mse
-                + parts.loss.adversarial_weight * adversarial)
+        adversarial = (
+            losses.wgan_generator_loss(fake) if wasserstein else losses.generator_bce(fake)
+        )
+        loss = parts.loss.reconstruction_weight * mse + parts.loss.adversarial_weight * adversarial
         return {"loss": loss, "mse": mse, "adversarial": adversarial}
 
-    result = _update(parts, parts.discriminator, parts.discriminator_optimizer, "d",
-                     micro_batches, discriminator_loss)
+    result = _update(
+        parts,
+        parts.discriminator,
+        parts.discriminator_optimizer,
+        "d",
+        micro_batches,
+        discriminator_loss,
+    )
     if wasserstein:
-        losses.clamp_weights_(parts.plain_discriminator, parts.critic_clamp)
-    result.update(_update(parts, parts.generator, parts.generator_optimizer, "g",
-                          micro_batches, generator_loss))
+        _clamp_critic(parts)
+    result.update(
+        _update(
+            parts, parts.generator, parts.generator_optimizer, "g", micro_batches, generator_loss
+        )
+    )
     return result
 
 
@@ -211,12 +276,18 @@ def wgan_joint_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
     The generator update reuses the last group, so the batches per step are critic_steps groups.
     """
     size = parts.accumulation
-    groups = [micro_batches[i:i + size] for i in range(0, len(micro_batches), size)]
+    groups = [micro_batches[i : i + size] for i in range(0, len(micro_batches), size)]
     result: Losses = {}
     for group in groups[:-1]:
-        result = _update(parts, parts.discriminator, parts.discriminator_optimizer, "d", group,
-                         lambda batch: _critic_only(parts, batch))
-        losses.clamp_weights_(parts.plain_discriminator, parts.critic_clamp)
+        result = _update(
+            parts,
+            parts.discriminator,
+            parts.discriminator_optimizer,
+            "d",
+            group,
+            lambda batch: _critic_only(parts, batch),
+        )
+        _clamp_critic(parts)
     joint = _inpainting_joint(parts, groups[-1], wasserstein=True)
     return {**result, **joint}
 
@@ -226,8 +297,11 @@ def _critic_only(parts: Trainables, batch: Batch) -> Losses:
         _, completed = _complete(parts, batch)
     real = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
     fake = _judge(parts, parts.discriminator, completed, batch.local_origin)
-    return {"loss": losses.wgan_critic_loss(real, fake),
-            "real_score": real.mean(), "fake_score": fake.mean()}
+    return {
+        "loss": losses.wgan_critic_loss(real, fake),
+        "real_score": real.mean(),
+        "fake_score": fake.mean(),
+    }
 
 
 def dcgan_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
@@ -249,10 +323,19 @@ def dcgan_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
             adversarial = losses.generator_bce(parts.plain_discriminator(fake))
         return {"loss": adversarial}
 
-    result = _update(parts, parts.discriminator, parts.discriminator_optimizer, "d",
-                     micro_batches, discriminator_loss)
-    result.update(_update(parts, parts.generator, parts.generator_optimizer, "g",
-                          micro_batches, generator_loss))
+    result = _update(
+        parts,
+        parts.discriminator,
+        parts.discriminator_optimizer,
+        "d",
+        micro_batches,
+        discriminator_loss,
+    )
+    result.update(
+        _update(
+            parts, parts.generator, parts.generator_optimizer, "g", micro_batches, generator_loss
+        )
+    )
     return result
 
 
