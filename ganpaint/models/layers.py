@@ -8,7 +8,9 @@ with the same depth, kernels, strides and dilations.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -158,3 +160,14 @@ class StridedDiscriminator(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # the logit conv covers the whole final map: its output is [N, 1, 1, 1]
         return self.logit(self.features(image * 2 - 1)).reshape(-1)
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the block (BN on running stats: batch 1 works), then the previous mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ganpaint import config as config_lib
 from ganpaint.models import build_nets, example_inputs
+from ganpaint.models.layers import evaluating
 
 LAYER_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 PROBE_WIDTH = 1  # the receptive field depends on kernels, strides and dilations, not on width
@@ -27,24 +26,13 @@ def count_parameters(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the block (BN on running stats: batch 1 works), then the previous mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
 def forward_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
     """FLOPs of one forward pass on `inputs` (the whole batch), by torch's FlopCounterMode.
 
     A multiply-add counts as 2 FLOPs; only matmuls and convolutions are counted.
     """
     counter = FlopCounterMode(display=False)
-    with _eval_mode(module), torch.no_grad(), counter:
+    with evaluating(module), torch.no_grad(), counter:
         module(*inputs)
     return counter.get_total_flops()
 
@@ -134,7 +122,7 @@ def layer_table(module: nn.Module, *inputs: torch.Tensor) -> list[dict[str, Any]
         if isinstance(layer, LAYER_TYPES)
     ]
     try:
-        with _eval_mode(module), torch.no_grad():
+        with evaluating(module), torch.no_grad():
             module(*inputs)
     finally:
         for handle in handles:

@@ -208,6 +208,40 @@ def discriminator_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
     )
 
 
+def _critic_losses(parts: Trainables, batch: Batch, fake: torch.Tensor) -> Losses:
+    real_scores = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
+    fake_scores = _judge(parts, parts.discriminator, fake, batch.local_origin)
+    return {
+        "loss": losses.wgan_critic_loss(real_scores, fake_scores),
+        "real_score": real_scores.mean(),
+        "fake_score": fake_scores.mean(),
+    }
+
+
+def _discriminator_then_generator(
+    parts: Trainables,
+    micro_batches: list[Batch],
+    discriminator_loss: Callable[[Batch], Losses],
+    generator_loss: Callable[[Batch], Losses],
+    clamp_critic: bool = False,
+) -> Losses:
+    """The adversarial pair of updates every joint step makes, in this order."""
+    result = _update(
+        parts,
+        parts.discriminator,
+        parts.discriminator_optimizer,
+        "d",
+        micro_batches,
+        discriminator_loss,
+    )
+    if clamp_critic:
+        _clamp_critic(parts)
+    generator_update = _update(
+        parts, parts.generator, parts.generator_optimizer, "g", micro_batches, generator_loss
+    )
+    return {**result, **generator_update}
+
+
 def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein: bool) -> Losses:
     """D (or critic) update on completed images, then G on reconstruction + weighted adversarial.
 
@@ -221,15 +255,9 @@ def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein
         with torch.set_grad_enabled(reuse):
             stash[id(batch)] = _complete(parts, batch)
         fake = stash[id(batch)][1].detach()
-        if not wasserstein:
-            return _discriminator_losses(parts, batch, fake)
-        real = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
-        fake_scores = _judge(parts, parts.discriminator, fake, batch.local_origin)
-        return {
-            "loss": losses.wgan_critic_loss(real, fake_scores),
-            "real_score": real.mean(),
-            "fake_score": fake_scores.mean(),
-        }
+        if wasserstein:
+            return _critic_losses(parts, batch, fake)
+        return _discriminator_losses(parts, batch, fake)
 
     def generator_loss(batch: Batch) -> Losses:
         prediction, completed = stash.pop(id(batch)) if reuse else _complete(parts, batch)
@@ -242,22 +270,9 @@ def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein
         loss = parts.loss.reconstruction_weight * mse + parts.loss.adversarial_weight * adversarial
         return {"loss": loss, "mse": mse, "adversarial": adversarial}
 
-    result = _update(
-        parts,
-        parts.discriminator,
-        parts.discriminator_optimizer,
-        "d",
-        micro_batches,
-        discriminator_loss,
+    return _discriminator_then_generator(
+        parts, micro_batches, discriminator_loss, generator_loss, clamp_critic=wasserstein
     )
-    if wasserstein:
-        _clamp_critic(parts)
-    result.update(
-        _update(
-            parts, parts.generator, parts.generator_optimizer, "g", micro_batches, generator_loss
-        )
-    )
-    return result
 
 
 def glcic_joint_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
@@ -295,13 +310,7 @@ def wgan_joint_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
 def _critic_only(parts: Trainables, batch: Batch) -> Losses:
     with torch.no_grad():
         _, completed = _complete(parts, batch)
-    real = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
-    fake = _judge(parts, parts.discriminator, completed, batch.local_origin)
-    return {
-        "loss": losses.wgan_critic_loss(real, fake),
-        "real_score": real.mean(),
-        "fake_score": fake.mean(),
-    }
+    return _critic_losses(parts, batch, completed)
 
 
 def dcgan_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
@@ -323,20 +332,7 @@ def dcgan_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
             adversarial = losses.generator_bce(parts.plain_discriminator(fake))
         return {"loss": adversarial}
 
-    result = _update(
-        parts,
-        parts.discriminator,
-        parts.discriminator_optimizer,
-        "d",
-        micro_batches,
-        discriminator_loss,
-    )
-    result.update(
-        _update(
-            parts, parts.generator, parts.generator_optimizer, "g", micro_batches, generator_loss
-        )
-    )
-    return result
+    return _discriminator_then_generator(parts, micro_batches, discriminator_loss, generator_loss)
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Trainables, list[Batch]], Losses]] = {

@@ -6,7 +6,6 @@ like with like. The nets run unwrapped and in eval mode on rank 0 only, which ne
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from ganpaint.completion import complete, fill_holes
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import val_batch
+from ganpaint.models.layers import evaluating
 
 VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training step's holes
 
@@ -42,16 +42,6 @@ def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
         device=device,
     )
     return ValidationSet(images, holes.hole_mask, latent)
-
-
-@contextmanager
-def evaluating(module: nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def hole_psnr(prediction: torch.Tensor, target: torch.Tensor, hole_mask: torch.Tensor) -> float:
