@@ -182,7 +182,7 @@ def print_table(rows: list[dict]) -> None:
             f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
             f"{row['peak_mem_gib']:.1f}" if row["peak_mem_gib"] is not None else "-",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 132)).print(table)  # wide enough not to wrap the figures
 
 
 def bench_command(
