@@ -45,19 +45,15 @@ class SyntheticFeed:
     """Fixed random batches on the device: the step alone, with no input pipeline."""
 
     def __init__(self, config: TrainConfig, device: torch.device, local_batch: int):
-        from ganpaint.data.masks import hole_generator, make_holes
+        from ganpaint.data.masks import hole_generator
+        from ganpaint.train.loop import device_batch
 
         px = config.data.image_px
         generator = hole_generator(config.run.seed, 0, 0, device)
-        holes = make_holes(config.masks, local_batch, px, generator, device)
-        memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
-        images = torch.rand(local_batch, 3, px, px, device=device, generator=generator)
-        self.batch = Batch(
-            images.contiguous(memory_format=memory_format),
-            holes.hole_mask.contiguous(memory_format=memory_format),
-            holes.local_origin,
-            torch.randn(local_batch, config.model.latent_dim, device=device, generator=generator),
+        raw = torch.randint(
+            0, 256, (local_batch, 3, px, px), dtype=torch.uint8, device=device, generator=generator
         )
+        self.batch = device_batch(config, raw, generator, device)
 
     def batches(self, step: int, count: int) -> list[Batch]:
         return [self.batch] * count

@@ -69,7 +69,10 @@ class RunLogger:
     def record(self, losses: dict[str, torch.Tensor], images: int) -> None:
         """Add one step's losses (device tensors) to the running sums."""
         for key, value in losses.items():
-            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+            if key in self.sums:
+                self.sums[key].add_(value)
+            else:
+                self.sums[key] = value.detach().clone()
         self.ticks += 1
         self.images_seen += images
 

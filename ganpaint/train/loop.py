@@ -2,8 +2,9 @@
 
 Run it with `accelerate launch train.py --config configs/NAME.yaml [key=value ...]` (many
 processes) or `ganpaint train ...` (one). Running the same command again resumes from the run
-directory's newest checkpoint. SIGTERM or SIGUSR1 (SLURM's warning before the time limit) finishes
-the current step, saves a checkpoint and returns normally, so a requeued job carries on.
+directory's newest checkpoint. SIGTERM or SIGUSR1 (SLURM's warning before the time limit) lets the
+loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
+save a checkpoint there and return normally, so a requeued job carries on.
 """
 
 from __future__ import annotations
@@ -95,27 +96,28 @@ class DataFeed:
                 for _ in range(self._micro_batches(earlier)):
                     next(self.stream)
         generator = hole_generator(self.config.run.seed, self.rank, step, self.device)
-        return [self._batch(next(self.stream), generator) for _ in range(self._micro_batches(step))]
+        return [
+            device_batch(self.config, next(self.stream), generator, self.device)
+            for _ in range(self._micro_batches(step))
+        ]
 
-    def _batch(self, raw: torch.Tensor, generator: torch.Generator) -> Batch:
-        memory_format = (
-            torch.channels_last if self.config.run.channels_last else torch.contiguous_format
-        )
-        images = raw.to(self.device, non_blocking=True).float().div_(255)
-        images = images.contiguous(memory_format=memory_format)
-        count, image_px = images.shape[0], self.config.data.image_px
-        holes = make_holes(self.config.masks, count, image_px, generator, self.device)
-        latent = None
-        if self.config.model.family == "dcgan":
-            latent = torch.randn(
-                count, self.config.model.latent_dim, generator=generator, device=self.device
-            )
-        return Batch(
-            images,
-            holes.hole_mask.contiguous(memory_format=memory_format),
-            holes.local_origin,
-            latent,
-        )
+
+def device_batch(
+    config: TrainConfig, raw: torch.Tensor, generator: torch.Generator, device: torch.device
+) -> Batch:
+    """A loader batch (uint8 [N,3,H,W]) on the device as float in [0,1], with its holes (and
+    dcgan latents) drawn there from `generator`. The layout change happens on the uint8 tensor,
+    a quarter of the bytes of the float one."""
+    memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
+    raw = raw.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    images = raw.float().div_(255)
+    count = images.shape[0]
+    holes = make_holes(config.masks, count, config.data.image_px, generator, device)
+    latent = None
+    if config.model.family == "dcgan":
+        latent = torch.randn(count, config.model.latent_dim, generator=generator, device=device)
+    # hole_mask has one channel, so it is already channels_last-contiguous.
+    return Batch(images, holes.hole_mask, holes.local_origin, latent)
 
 
 def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
@@ -200,14 +202,17 @@ def train(config: TrainConfig) -> Path:
                         "learning rate or check the data; the last good checkpoint is kept"
                     )
 
-                # Tick: scalars every log.every_steps, images every log.image_every_steps.
+                # Tick: scalars every log.every_steps (the loop's one planned host sync, where
+                # the ranks also agree on stop signals), images every log.image_every_steps
+                # (the last step's are made once, by the finish below).
+                stop = False
                 if step % config.log.every_steps == 0 or step == total:
                     logger.tick(step, phase.name, {"health/skipped_steps": parts.health.skipped})
-                if step % config.log.image_every_steps == 0:
+                    stop = _agree(parts, signals.received is not None)
+                if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
 
                 # Save: every checkpoint.every_steps, at phase ends, at the end, or when signalled.
-                stop = _agree(parts, signals.received is not None)
                 if stop or step % config.checkpoint.every_steps == 0 or step in phase_ends:
                     save(step)
                 if stop:

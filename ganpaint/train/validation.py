@@ -16,6 +16,7 @@ from ganpaint.completion import complete, fill_holes
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import val_batch
+from ganpaint.eval.metrics import psnr
 from ganpaint.models.layers import evaluating
 
 VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training step's holes
@@ -44,13 +45,6 @@ def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
     return ValidationSet(images, holes.hole_mask, latent)
 
 
-def hole_psnr(prediction: torch.Tensor, target: torch.Tensor, hole_mask: torch.Tensor) -> float:
-    """PSNR in dB over hole pixels only, images in [0,1] (MSE averaged over all hole pixels)."""
-    squared = ((prediction - target) ** 2 * hole_mask).sum()
-    count = (hole_mask.sum() * prediction.shape[1]).clamp_min(1)
-    return float(10 * torch.log10(1.0 / (squared / count).clamp_min(1e-12)))
-
-
 @torch.no_grad()
 def validate(
     generator: nn.Module, family: str, fill_rgb: torch.Tensor, validation: ValidationSet
@@ -64,9 +58,10 @@ def validate(
         images, hole_mask = validation.images, validation.hole_mask
         prediction, completed = complete(generator, images, hole_mask, fill_rgb)
         masked_input = fill_holes(images, hole_mask, fill_rgb)
+    # The same hole PSNR as `ganpaint eval` (per image over its hole, then the mean).
     scalars = {
-        "val/hole_psnr": hole_psnr(completed.float(), images, hole_mask),
-        "val/hole_psnr_mean_fill": hole_psnr(masked_input, images, hole_mask),
+        "val/hole_psnr": float(psnr(completed, images, hole_mask).mean()),
+        "val/hole_psnr_mean_fill": float(psnr(masked_input, images, hole_mask).mean()),
     }
     rows = torch.cat([images, masked_input, prediction.float(), completed.float()])
     return scalars, make_grid(rows, nrow=images.shape[0])
