@@ -26,6 +26,8 @@ OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
 HOLE_FILLS = ("mean", "zero")
+LOCAL_PLACEMENTS = ("centred", "random")
+CROPS = ("random", "centre")
 
 
 class ConfigError(UserError, ValueError):
@@ -52,6 +54,7 @@ class DataConfig:
     resize_min_px: int = 64  # shortest side scaled to a random size in [min, max] before cropping
     resize_max_px: int = 64
     hflip: bool = True
+    crop: str = "random"  # random: GLCIC's scale + crop | centre: Resize + CenterCrop (DCGAN)
     batch_size: int = 16  # global batch per optimiser step, over all processes
     workers: int = 2  # DataLoader workers per process
     shuffle_buffer: int = 256
@@ -67,6 +70,9 @@ class MaskConfig:
     local_px: int = 32  # side of the local area that holds the hole (GLCIC local D input)
     max_holes: int = 3  # multi_rect: up to this many holes
     brush: str = "medium"  # brush preset: thin | medium | thick
+    # centred: the local area centred on the hole, clamped at the borders (GLCIC paper) | random:
+    # placed uniformly, the hole anywhere inside it
+    local_placement: str = "centred"
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ class ScheduleConfig:
     discriminator_steps: int = 20  # GLCIC Td: discriminators alone, generator frozen
     total_steps: int = 300  # GLCIC T: end of the joint phase (all families)
     critic_steps: int = 1  # wgan_unet: critic updates per generator update
+    # the generator alone on the reconstruction loss for the whole run, no discriminator or critic
+    # updates (the WGAN U-Net write-up's "L2 only" ablation)
+    reconstruction_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,10 @@ class LossConfig:
     clamp: float = (
         0.0  # wgan critic weight clamp; 0 = seed rule (0.03 if critic_steps > 1 else 0.05)
     )
+    # Context Encoders: the reconstruction loss also covers a band overlap_px wide around the hole
+    # (the context the net predicts as well), weighted overlap_weight times; 0 = the hole only
+    overlap_px: int = 0
+    overlap_weight: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,8 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("masks.kind", masks.kind, MASK_KINDS)
     _choice("masks.brush", masks.brush, BRUSH_PRESETS)
     _choice("model.hole_fill", model.hole_fill, HOLE_FILLS)
+    _choice("masks.local_placement", masks.local_placement, LOCAL_PLACEMENTS)
+    _choice("data.crop", data.crop, CROPS)
     _choice("optim.generator", optim.generator, OPTIMIZERS)
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
@@ -235,6 +250,8 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "loss.adversarial_weight",
         "loss.reconstruction_weight",
         "loss.clamp",
+        "loss.overlap_px",
+        "loss.overlap_weight",
         "optim.weight_decay",
     ):
         _positive(key, _get(config, key), allow_zero=True)
@@ -251,6 +268,13 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
             "config key 'data.resize_min_px': need image_px <= resize_min_px <= resize_max_px, got "
             f"{data.image_px} <= {data.resize_min_px} <= {data.resize_max_px}"
         )
+    if data.crop == "centre" and data.resize_min_px != data.resize_max_px:
+        raise ConfigError(
+            "config key 'data.resize_max_px': the centre crop scales the shortest side to one size "
+            f"(resize_min_px = resize_max_px), got {data.resize_min_px} and {data.resize_max_px}"
+        )
+    if model.family == "dcgan" and schedule.reconstruction_only:
+        raise ConfigError("config key 'schedule.reconstruction_only': dcgan has no reconstruction")
     if model.family != "dcgan":
         if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
             raise ConfigError(
@@ -268,10 +292,17 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
             raise ConfigError(
                 f"config key 'masks.kind': {model.family} predicts the centre; use 'center'"
             )
-        if masks.local_px * 2 != data.image_px or masks.hole_max_px != masks.local_px:
+        # The net predicts the centre local_px square: the hole, or the hole and a band of
+        # overlap_px around it.
+        if (
+            masks.local_px * 2 != data.image_px
+            or masks.hole_max_px != masks.local_px - 2 * loss.overlap_px
+        ):
             raise ConfigError(
-                f"config key 'masks.local_px': {model.family} needs local_px = hole_max_px = "
-                f"image_px / 2, got local_px={masks.local_px}, image_px={data.image_px}"
+                f"config key 'masks.local_px': {model.family} needs local_px = image_px / 2 = "
+                f"hole_max_px + 2 * loss.overlap_px, got local_px={masks.local_px}, "
+                f"image_px={data.image_px}, hole_max_px={masks.hole_max_px}, "
+                f"overlap_px={loss.overlap_px}"
             )
     if model.family == "glcic":
         if schedule.completion_steps + schedule.discriminator_steps > schedule.total_steps:

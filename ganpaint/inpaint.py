@@ -4,7 +4,8 @@ glcic nets are fully convolutional: the image is reflect-padded to a multiple of
 context_encoder / wgan_unet nets take a fixed image_px input and predict its centre square: the
 whole image is resized to image_px, and the prediction for the centre square (the middle half of
 the image in each direction) is resized back and pasted into the hole. Their hole must therefore
-lie inside that middle half; any other hole is refused with one line.
+lie inside the net's own hole (the middle half, less the overlap band of a Context Encoder trained
+with loss.overlap_px, which the net sees as context); any other hole is refused with one line.
 
 Post-processing follows GLCIC (Iizuka et al. 2017): fast marching (Telea) fills the hole of the
 original, then the gradients of the net's output are Poisson-blended (cv2.seamlessClone,
@@ -107,9 +108,16 @@ def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.n
     return _to_uint8(prediction[..., :height, :width])
 
 
-def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the middle half of an image: what a centre net predicts."""
-    return round(height / 4), round(3 * height / 4), round(width / 4), round(3 * width / 4)
+def centre_box(height: int, width: int, fraction: float = 0.5) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the centred box `fraction` of an image's height and width
+    (the middle half by default: what a centre net predicts)."""
+    margin = (1 - fraction) / 2
+    return (
+        round(height * margin),
+        round(height * (1 - margin)),
+        round(width * margin),
+        round(width * (1 - margin)),
+    )
 
 
 def _predict_centre(
@@ -117,23 +125,30 @@ def _predict_centre(
 ) -> np.ndarray:
     """Centre-square net at its fixed size; its prediction is resized back over the centre box."""
     height, width = hole.shape
-    top, bottom, left, right = centre_box(height, width)
+    image_px, side = exported.config.data.image_px, exported.config.masks.local_px
+    hole_px = exported.config.masks.hole_max_px  # side minus the overlap band, if any
+    inner_top, inner_bottom, inner_left, inner_right = centre_box(height, width, hole_px / image_px)
     rows, columns = np.nonzero(hole)
-    if rows.min() < top or rows.max() >= bottom or columns.min() < left or columns.max() >= right:
+    if (
+        rows.min() < inner_top
+        or rows.max() >= inner_bottom
+        or columns.min() < inner_left
+        or columns.max() >= inner_right
+    ):
         family = exported.config.model.family
         raise UserError(
-            f"{source}: {family} fills only the centre square (x {left}..{right - 1}, "
-            f"y {top}..{bottom - 1}); this hole reaches outside it"
+            f"{source}: {family} fills only the centre square (x {inner_left}..{inner_right - 1}, "
+            f"y {inner_top}..{inner_bottom - 1}); this hole reaches outside it"
         )
-    image_px, side = exported.config.data.image_px, exported.config.masks.local_px
+    top, bottom, left, right = centre_box(height, width)
     shrink = image_px < min(height, width)
     resized = cv2.resize(
         rgb, (image_px, image_px), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
     )
     image = _to_tensor(resized, exported)
-    offset = (image_px - side) // 2
+    offset, hole_offset = (image_px - side) // 2, (image_px - hole_px) // 2
     hole_mask = torch.zeros_like(image[:, :1])
-    hole_mask[..., offset : offset + side, offset : offset + side] = 1
+    hole_mask[..., hole_offset : hole_offset + hole_px, hole_offset : hole_offset + hole_px] = 1
     prediction = complete(exported.generator, image, hole_mask, exported.fill_rgb.to(image))[0]
     patch = _to_uint8(prediction[..., offset : offset + side, offset : offset + side])
     predicted = rgb.copy()

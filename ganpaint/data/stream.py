@@ -3,7 +3,7 @@ fixed validation batch, and in-order evaluation batches.
 
 Determinism contract: the training stream is a pure function of (manifest, DataConfig, local
 batch, rank, world size, seed, start_step). Every random choice (shard order, shuffle buffer,
-crop, flip) comes from a generator seeded by those values; DataLoader workers produce whole
+crop unless data.crop is "centre", flip) comes from a generator seeded by those values; DataLoader workers produce whole
 batches and the loader takes them round-robin, so the batch order is fixed too. The training loop
 rebuilds the loader at every checkpoint with start_step = that step, so a resumed run sees exactly
 the batches of an uninterrupted one without saving any iterator state.
@@ -29,7 +29,12 @@ import numpy as np
 import torch
 
 from ganpaint.config import DataConfig
-from ganpaint.data.decode import centre_square, decode_reduction, random_square
+from ganpaint.data.decode import (
+    centre_square,
+    decode_reduction,
+    random_square,
+    scaled_centre_square,
+)
 from ganpaint.data.packing import MANIFEST
 from ganpaint.data.samples import ErrorCount, fill_batches, read_samples, shuffle
 from ganpaint.errors import UserError
@@ -158,9 +163,12 @@ class TrainStream(torch.utils.data.IterableDataset):
         )
 
         def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
-            square = random_square(
-                height, width, data.image_px, data.resize_min_px, data.resize_max_px, rng
-            )
+            if data.crop == "centre":
+                square = scaled_centre_square(height, width, data.image_px, data.resize_min_px)
+            else:
+                square = random_square(
+                    height, width, data.image_px, data.resize_min_px, data.resize_max_px, rng
+                )
             return square, bool(data.hflip and rng.random() < 0.5)
 
         return fill_batches(

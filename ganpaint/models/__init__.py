@@ -23,7 +23,7 @@ from ganpaint.models.context_encoder import ContextEncoder
 from ganpaint.models.dcgan import DCGANGenerator
 from ganpaint.models.glcic import CompletionNet, GLCICDiscriminator
 from ganpaint.models.layers import StridedDiscriminator
-from ganpaint.models.wgan_unet import WGANUNet
+from ganpaint.models.wgan_unet import WGANCritic, WGANUNet
 
 
 @dataclass
@@ -49,9 +49,7 @@ def build_nets(model: ModelConfig, image_px: int, local_px: int) -> Nets:
             StridedDiscriminator(local_px, model.disc_width),
         )
     if model.family == "wgan_unet":
-        return Nets(
-            WGANUNet(image_px, model.width), StridedDiscriminator(local_px, model.disc_width)
-        )
+        return Nets(WGANUNet(image_px, model.width), WGANCritic(local_px, model.disc_width))
     if model.family == "dcgan":
         return Nets(
             DCGANGenerator(model.latent_dim, model.width),

@@ -27,7 +27,7 @@ from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
 from ganpaint.train.setup import build_trainables, make_accelerator
 from ganpaint.train.steps import STEP_FUNCTIONS, Batch, Trainables, batches_per_step
-from ganpaint.train.validation import load_validation, validate
+from ganpaint.train.validation import baseline_key, load_validation, validate
 
 
 class TrainingDiverged(UserError):
@@ -230,13 +230,13 @@ def train(config: TrainConfig) -> Path:
             save_export(
                 run_dir / "export", generator, discriminator, config, tuple(fill_rgb.tolist()), step
             )
-            _report(run_dir, show(step), logger)
+            _report(run_dir, show(step), logger, config.model.hole_fill)
         return run_dir
     finally:
         logger.close()
 
 
-def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None:
+def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger, fill_name: str) -> None:
     lines = [
         f"run directory: {run_dir}",
         f"TensorBoard:   tensorboard --logdir {run_dir / 'tb'}",
@@ -244,9 +244,9 @@ def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None
         f"export:        {run_dir / 'export'}",
     ]
     if scalars:
-        model, baseline = scalars["val/hole_psnr"], scalars["val/hole_psnr_mean_fill"]
+        model, baseline = scalars["val/hole_psnr"], scalars[baseline_key(fill_name)]
         lines.append(
-            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB mean fill "
+            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB {fill_name} fill "
             f"({model - baseline:+.2f} dB)"
         )
     for line in lines:

@@ -3,8 +3,9 @@
 GLCIC (Iizuka et al. 2017, Sec. 3.3) trains in three phases: the completion network alone on the
 masked MSE for Tc steps, the discriminators alone against the frozen completion network for Td
 steps, then both jointly until T. The other families train jointly from step 0 (WGAN U-Net with
-`critic_steps` critic updates per generator update). Nothing here is stored in a checkpoint: the
-phase is recomputed from the step on resume.
+`critic_steps` critic updates per generator update). `reconstruction_only` makes any inpainting
+run one phase of the generator alone on its reconstruction loss. Nothing here is stored in a
+checkpoint: the phase is recomputed from the step on resume.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ JOINT_KIND = {
 
 def phases(family: str, schedule: ScheduleConfig) -> tuple[Phase, ...]:
     """The phases of a run, in order, covering [0, total_steps). Empty phases are dropped."""
+    if (
+        schedule.reconstruction_only
+    ):  # no adversary: the "L2 only" ablation of any inpainting family
+        return (Phase(1, "completion", "reconstruction", 0, schedule.total_steps),)
     if family == "glcic":
         completion_end = schedule.completion_steps
         discriminator_end = completion_end + schedule.discriminator_steps

@@ -163,6 +163,14 @@ def _all_finite(parts: Trainables, loss: torch.Tensor) -> bool:
     return int(flag.item()) == parts.accelerator.num_processes
 
 
+def _reconstruction(parts: Trainables, prediction: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The masked MSE, or Context Encoders' overlap-weighted one when loss.overlap_px > 0."""
+    loss = parts.loss
+    return losses.overlap_mse(
+        prediction, batch.images, batch.hole_mask, loss.overlap_px, loss.overlap_weight
+    )
+
+
 def _complete(parts: Trainables, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return complete(parts.generator, batch.images, batch.hole_mask, parts.fill_rgb)
 
@@ -189,7 +197,7 @@ def reconstruction_step(parts: Trainables, micro_batches: list[Batch]) -> Losses
 
     def loss_fn(batch: Batch) -> Losses:
         prediction, _ = _complete(parts, batch)
-        mse = losses.masked_mse(prediction, batch.images, batch.hole_mask)
+        mse = _reconstruction(parts, prediction, batch)
         return {"loss": parts.loss.reconstruction_weight * mse, "mse": mse}
 
     return _update(parts, parts.generator, parts.generator_optimizer, "g", micro_batches, loss_fn)
@@ -261,7 +269,7 @@ def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein
 
     def generator_loss(batch: Batch) -> Losses:
         prediction, completed = stash.pop(id(batch)) if reuse else _complete(parts, batch)
-        mse = losses.masked_mse(prediction, batch.images, batch.hole_mask)
+        mse = _reconstruction(parts, prediction, batch)
         with frozen(parts.plain_discriminator):
             fake = _judge(parts, parts.plain_discriminator, completed, batch.local_origin)
         adversarial = (

@@ -1,7 +1,8 @@
-"""The fixed validation batch: image grids and hole PSNR against the mean-fill baseline, in training.
+"""The fixed validation batch: image grids and hole PSNR against the net's own hole fill, in training.
 
 The same images and holes are used at every tick (and after a resume), so the curves compare
-like with like. The nets run unwrapped and in eval mode on rank 0 only, which needs no collective.
+like with like. The baseline is the fill the net's input gets (model.hole_fill: the mean colour or
+zero), named after it. The nets run unwrapped and in eval mode on rank 0 only (no collective).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ValidationSet:
     images: torch.Tensor  # [N,3,H,W] float in [0,1]
     hole_mask: torch.Tensor  # [N,1,H,W]
     latent: torch.Tensor  # dcgan: fixed z [N, latent_dim]
+    fill_name: str = "mean"  # model.hole_fill: names the baseline's scalar
 
 
 def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
@@ -42,15 +44,16 @@ def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
         generator=torch.Generator(device).manual_seed(seed),
         device=device,
     )
-    return ValidationSet(images, holes.hole_mask, latent)
+    return ValidationSet(images, holes.hole_mask, latent, config.model.hole_fill)
 
 
 @torch.no_grad()
 def validate(
     generator: nn.Module, family: str, fill_rgb: torch.Tensor, validation: ValidationSet
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """(scalars, grid): hole PSNR of the net and of the mean fill; rows original | input | output |
-    composited (inpainting) or a grid of fixed-latent samples (dcgan)."""
+    """(scalars, grid): hole PSNR of the net ("val/hole_psnr") and of its hole fill alone
+    (`baseline_key`); rows original | input | output | composited (inpainting) or a grid of
+    fixed-latent samples (dcgan)."""
     with evaluating(generator):
         if family == "dcgan":
             samples = generator(validation.latent).float()
@@ -61,7 +64,12 @@ def validate(
     # The same hole PSNR as `ganpaint eval` (per image over its hole, then the mean).
     scalars = {
         "val/hole_psnr": float(psnr(completed, images, hole_mask).mean()),
-        "val/hole_psnr_mean_fill": float(psnr(masked_input, images, hole_mask).mean()),
+        baseline_key(validation.fill_name): float(psnr(masked_input, images, hole_mask).mean()),
     }
     rows = torch.cat([images, masked_input, prediction.float(), completed.float()])
     return scalars, make_grid(rows, nrow=images.shape[0])
+
+
+def baseline_key(fill_name: str) -> str:
+    """The scalar of the fill-only baseline: val/hole_psnr_mean_fill, val/hole_psnr_zero_fill."""
+    return f"val/hole_psnr_{fill_name}_fill"
