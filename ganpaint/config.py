@@ -55,6 +55,8 @@ class DataConfig:
     resize_max_px: int = 64
     hflip: bool = True
     crop: str = "random"  # random: GLCIC's scale + crop | centre: Resize + CenterCrop (DCGAN)
+    captions: bool = False  # also yield each image's caption token ids (caption-conditioned nets)
+    caption_tokens: int = 32  # caption length in tokens (truncated / padded)
     batch_size: int = 16  # global batch per optimiser step, over all processes
     workers: int = 2  # DataLoader workers per process
     shuffle_buffer: int = 256
@@ -240,6 +242,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "checkpoint.keep",
         "run.max_bad_steps",
         "masks.max_holes",
+        "data.caption_tokens",
     ):
         _positive(key, _get(config, key))
     for key in (

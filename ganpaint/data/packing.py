@@ -95,12 +95,12 @@ def pack_shard(task: ShardTask) -> dict:
     """Write the task's tar and its record; return the record.
 
     Record: name, split, count, bytes, sha256, mean_rgb (mean of per-image means, RGB in [0, 1]),
-    plan, and skipped ({"path", "reason", "split", "shard"} for images that did not decode).
+    captioned (images packed with captions), plan, and skipped ({"path", "reason", "split", "shard"} for images that did not decode).
     """
     output = Path(task.output)
     temporary = output / STATE_DIR / f"{task.name}.tmp-{os.getpid()}"
     reader = ImageReader(task.size, task.seed)
-    skipped, colour_sum, count = [], np.zeros(3), 0
+    skipped, colour_sum, count, captioned = [], np.zeros(3), 0, 0
     try:
         with tarfile.open(temporary, "w", format=tarfile.USTAR_FORMAT) as tar:
             for item in task.items:
@@ -122,6 +122,9 @@ def pack_shard(task: ShardTask) -> dict:
                     "original_size": list(original.shape[1::-1]),
                     "size": list(image.shape[1::-1]),
                 }
+                if item.captions:
+                    meta["captions"] = list(item.captions)
+                    captioned += 1
                 # WebDataset groups members by the name before the first dot: the sample key.
                 add_member(
                     tar,
@@ -143,6 +146,7 @@ def pack_shard(task: ShardTask) -> dict:
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
         "mean_rgb": (colour_sum / max(count, 1)).tolist(),
+        "captioned": captioned,
         "plan": task.plan,
         "skipped": skipped,
     }

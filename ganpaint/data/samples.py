@@ -1,5 +1,5 @@
 """From tar shards to decoded batches: reading samples, the shuffle buffer, counting corrupt data,
-and filling uint8 CHW RGB batches with crops.
+and filling uint8 CHW RGB batches with crops (and, for captioned data, token id batches).
 """
 
 from __future__ import annotations
@@ -36,22 +36,24 @@ class ErrorCount:
 
 
 def read_samples(
-    paths: Iterable[str], image_key: str, errors: ErrorCount
-) -> Iterator[tuple[str, str, bytes]]:
-    """(key, shard path, encoded image) per sample of the shards, in order. Only the image members
-    are read; a shard whose tar structure breaks is skipped from that point on (counted)."""
+    paths: Iterable[str], image_key: str, errors: ErrorCount, with_meta: bool = False
+) -> Iterator[tuple]:
+    """(key, shard path, encoded image) per sample of the shards, in order, plus the json member's
+    bytes (b"" when absent) if `with_meta`. Only those members are read; a shard whose tar
+    structure breaks is skipped from that point on (counted)."""
 
     def skip_shard(error: Exception) -> bool:
         errors.skip(f"unreadable shard data ({error})")
         return True  # webdataset's handler protocol: go on with the next shard
 
-    suffix = "." + image_key
+    suffixes = ("." + image_key, ".json") if with_meta else ("." + image_key,)
     sources = ({"url": path} for path in paths)
     for sample in wds.tarfile_samples(
-        sources, handler=skip_shard, select_files=lambda name: name.endswith(suffix)
+        sources, handler=skip_shard, select_files=lambda name: name.endswith(suffixes)
     ):
         if image_key in sample:  # a member named like KEY.x.jpg groups under another extension
-            yield sample["__key__"], sample["__url__"], sample[image_key]
+            found = sample["__key__"], sample["__url__"], sample[image_key]
+            yield (*found, sample.get("json", b"")) if with_meta else found
 
 
 def shuffle(
@@ -79,10 +81,13 @@ def fill_batches(
     choose,
     errors: ErrorCount,
     limit: int | None = None,
-) -> Iterator[torch.Tensor]:
+    tokens_of=None,
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """Decode and crop samples into uint8 [B, 3, image_px, image_px] RGB batches.
 
-    choose(height, width) -> ((left, top, side), flip). Corrupt samples are skipped and counted; the
+    choose(height, width) -> ((left, top, side), flip). With `tokens_of` (a `CaptionTokens`,
+    samples read `with_meta`) each batch comes with the int64 [B, tokens_of.max_tokens] token ids
+    of its images' captions, drawn after the crop. Corrupt samples are skipped and counted; the
     last batch of a finite stream may be short. Batches are allocated in shared memory inside a
     DataLoader worker so that handing them to the main process copies nothing.
     """
@@ -91,10 +96,15 @@ def fill_batches(
     while remaining is None or remaining > 0:
         size = batch_size if remaining is None else min(batch_size, remaining)
         batch = torch.empty((size, 3, image_px, image_px), dtype=torch.uint8)
+        tokens = None
+        if tokens_of is not None:
+            tokens = torch.zeros((size, tokens_of.max_tokens), dtype=torch.int64)
         if in_worker:
             batch.share_memory_()
+            if tokens is not None:
+                tokens.share_memory_()
         pixels, filled = batch.numpy(), 0
-        for key, path, data in samples:
+        for key, path, data, *meta in samples:
             image = decode_bgr(data, reduction)
             if image is None:
                 errors.skip(f"undecodable sample {key} in {path}")
@@ -102,11 +112,13 @@ def fill_batches(
             errors.in_a_row = 0
             square, flip = choose(*image.shape[:2])
             crop_into(pixels[filled], image, square, flip)
+            if tokens is not None:
+                tokens[filled] = torch.from_numpy(tokens_of(meta[0]))
             filled += 1
             if filled == size:
                 break
         if filled:
-            yield batch[:filled]
+            yield batch[:filled] if tokens is None else (batch[:filled], tokens[:filled])
         if filled < size:
             return
         remaining = None if remaining is None else remaining - size

@@ -1,11 +1,15 @@
 """Packing a dataset into WebDataset tar shards + manifest.json: the `ganpaint shards` command.
 
 Layout of an output directory:
-    {train,val,test}-NNNNNN.tar   samples `__key__` + jpg|png|webp + json (source, sizes)
+    {train,val,test}-NNNNNN.tar   samples `__key__` + jpg|png|webp + json (source, sizes, and
+                                  the image's captions where COCO has them)
     manifest.json                 source, parameters, per split: count, bytes and per shard
-                                  (name, count, bytes, sha256, mean_rgb, plan); the train split's
-                                  mean RGB in [0, 1] ("mean_rgb", GLCIC's hole fill); "skipped"
-                                  inputs with their reasons
+                                  (name, count, bytes, sha256, mean_rgb, captioned, plan); the
+                                  train split's mean RGB in [0, 1] ("mean_rgb", GLCIC's hole
+                                  fill); "skipped" inputs with their reasons; "captions" (when
+                                  caption annotations were read): images with and without
+                                  captions per split, the tokenizer file and its vocabulary size
+    tokenizer.json                the word tokenizer of the train captions (captions only)
 Shards are written in parallel (one task per shard), each to a temporary name and then renamed;
 the manifest is written last. Re-running the same command resumes: a shard whose recorded sha256
 still verifies and whose plan (parameters + inputs) matches is kept.
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ganpaint.data.captions import caption_manifest
 from ganpaint.data.packing import (
     MANIFEST,
     STATE_DIR,
@@ -33,7 +38,7 @@ from ganpaint.data.packing import (
     write_json,
 )
 from ganpaint.data.resume import claim_output, remove_stale_shards, verified
-from ganpaint.data.sources import SOURCES, SPLITS, Inputs, enumerate_inputs
+from ganpaint.data.sources import SOURCES, SPLITS, Inputs, Item, enumerate_inputs
 from ganpaint.errors import UserError
 
 FORMAT = "ganpaint-shards/1"
@@ -84,7 +89,9 @@ def _plan(inputs: Inputs, described: dict, output: Path) -> list[ShardTask]:
         items = inputs.splits[split]
         for number, start in enumerate(range(0, len(items), per_shard)):
             chunk = tuple(items[start : start + per_shard])
-            fingerprint = json.dumps([described, [list(item) for item in chunk]], sort_keys=True)
+            fingerprint = json.dumps(
+                [described, [_planned(item) for item in chunk]], sort_keys=True
+            )
             tasks.append(
                 ShardTask(
                     name=f"{split}-{number:06d}.tar",
@@ -99,6 +106,12 @@ def _plan(inputs: Inputs, described: dict, output: Path) -> list[ShardTask]:
                 )
             )
     return tasks
+
+
+def _planned(item: Item) -> list:
+    """An item as its shard's plan sees it; an item without captions as before captions existed,
+    so packs made then still verify and are reused."""
+    return list(item) if item.captions else list(item[:-1])
 
 
 def _run(tasks: list[ShardTask], workers: int) -> Iterator[dict]:
@@ -221,6 +234,10 @@ def pack(
     }
     _pack_missing(tasks, records, workers, progress, f"{source} -> {output}")
     manifest = _manifest(source, described, tasks, records, inputs.skipped)
+    training = [caption for item in inputs.splits["train"] for caption in item.captions]
+    captions = caption_manifest(training, inputs.annotations, manifest["splits"], output)
+    if captions is not None:
+        manifest["captions"] = captions
     if not any(entry["count"] for entry in manifest["splits"].values()):
         first = manifest["skipped"][0] if manifest["skipped"] else {"path": "?", "reason": "?"}
         raise UserError(
@@ -243,6 +260,14 @@ def _summary(manifest: dict, output: str | Path, seconds: float) -> str:
             f"{entry['bytes'] / 1e6:9.1f} MB"
         )
     lines.append("  mean RGB " + " ".join(f"{value:.4f}" for value in manifest["mean_rgb"]))
+    if "captions" in manifest:
+        captions = manifest["captions"]
+        with_captions = sum(captions["images_with_captions"].values())
+        without = sum(captions["images_without_captions"].values())
+        lines.append(
+            f"  captions: {with_captions} images with, {without} without; "
+            f"{captions['tokenizer']}: {captions['vocabulary_size']} words"
+        )
     skipped = manifest["skipped"]
     lines.append(
         f"  skipped {len(skipped)} inputs" + (" (all listed in manifest.json):" if skipped else "")

@@ -4,6 +4,8 @@
 it to a split; an `ImageReader` reads them as RGB. Files that cannot be images are reported as
 skipped here; files that fail to decode are reported by the packer.
 
+COCO's captions (annotations/captions_{train,val}2017.json, when present) travel with its items.
+
 Splits: CelebA follows `list_eval_partition.txt` (0 train, 1 val, 2 test); COCO maps `train2017/`
 to train and `val2017/` to val (no test); a folder, or a CelebA without its partition file, is split
 by a hash of each relative path: `val_fraction` of the images go to val and as many to test; the
@@ -23,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ganpaint.data import synthetic
+from ganpaint.data.captions import read_coco_captions
 from ganpaint.errors import UserError
 
 SOURCES = ("celeba", "coco", "folder", "synthetic")
@@ -39,6 +42,7 @@ class Item(NamedTuple):
     path: str  # file, or the zip holding `member`; "" for synthetic images
     member: str = ""  # name inside a zip archive
     index: int = -1  # synthetic image number
+    captions: tuple[str, ...] = ()  # coco: the image's captions, stored in its shard sample
 
     @property
     def origin(self) -> str:
@@ -51,6 +55,7 @@ class Item(NamedTuple):
 class Inputs(NamedTuple):
     splits: dict[str, list[Item]]  # split name -> items in packing order
     skipped: list[dict]  # {"path", "reason"} for inputs that are not images at all
+    annotations: tuple[str, ...] = ()  # caption annotation files read (coco)
 
 
 class SkipImage(Exception):
@@ -221,7 +226,13 @@ def _coco(root: Path) -> Inputs:
         if folder.is_dir():
             files = [(relative, (str(path),)) for relative, path in _files(folder)]
             splits[split] = _split_files(files, lambda _, s=split: s, skipped)[split]
-    return Inputs(splits, skipped)
+    captions, annotations = read_coco_captions(root)
+    for split, by_name in captions.items():
+        splits[split] = [
+            item._replace(captions=tuple(by_name.get(Path(item.path).name, ())))
+            for item in splits[split]
+        ]
+    return Inputs(splits, skipped, tuple(annotations))
 
 
 def _folder(root: Path, val_fraction: float) -> Inputs:

@@ -3,7 +3,7 @@ fixed validation batch, and in-order evaluation batches.
 
 Determinism contract: the training stream is a pure function of (manifest, DataConfig, local
 batch, rank, world size, seed, start_step). Every random choice (shard order, shuffle buffer,
-crop unless data.crop is "centre", flip) comes from a generator seeded by those values; DataLoader workers produce whole
+crop unless data.crop is "centre", flip, which caption of an image with data.captions) comes from a generator seeded by those values; DataLoader workers produce whole
 batches and the loader takes them round-robin, so the batch order is fixed too. The training loop
 rebuilds the loader at every checkpoint with start_step = that step, so a resumed run sees exactly
 the batches of an uninterrupted one without saving any iterator state.
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ganpaint.config import DataConfig
+from ganpaint.data.captions import CaptionTokens, load_tokenizer
 from ganpaint.data.decode import (
     centre_square,
     decode_reduction,
@@ -138,6 +139,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.image_key = manifest["image_key"]
         self.reduction = decode_reduction(packed_px, data.resize_max_px)
         self.readers_per_rank = max(1, data.workers)
+        self.tokenizer = load_tokenizer(data.shards) if data.captions else None
 
     def _shard_urls(self, reader: int) -> Iterator[str]:
         readers = self.world_size * self.readers_per_rank
@@ -159,8 +161,13 @@ class TrainStream(torch.utils.data.IterableDataset):
         )
         errors = ErrorCount(f"{data.shards} (rank {self.rank}, worker {worker})")
         samples = shuffle(
-            read_samples(self._shard_urls(reader), self.image_key, errors), data.shuffle_buffer, rng
+            read_samples(self._shard_urls(reader), self.image_key, errors, data.captions),
+            data.shuffle_buffer,
+            rng,
         )
+        tokens_of = None
+        if self.tokenizer is not None:
+            tokens_of = CaptionTokens(self.tokenizer, data.caption_tokens, rng)
 
         def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
             if data.crop == "centre":
@@ -172,7 +179,14 @@ class TrainStream(torch.utils.data.IterableDataset):
             return square, bool(data.hflip and rng.random() < 0.5)
 
         return fill_batches(
-            samples, self.reduction, data.image_px, self.local_batch, choose, errors
+            samples,
+            self.reduction,
+            data.image_px,
+            self.local_batch,
+            choose,
+            errors,
+            None,
+            tokens_of,
         )
 
 
@@ -187,7 +201,8 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
 def train_loader(
     data: DataConfig, local_batch: int, rank: int, world_size: int, seed: int, start_step: int
 ) -> Iterable[torch.Tensor]:
-    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank.
+    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank; with
+    data.captions, (images, int64 token ids [local_batch, data.caption_tokens]) pairs.
 
     data.workers DataLoader workers (0 = in this process); pinned memory when CUDA is available.
     The batch sequence is a pure function of the arguments and the manifest (module docstring).
@@ -206,9 +221,15 @@ def train_loader(
 
 
 def iterate_split(
-    shard_dir: str | Path, split: str, image_px: int, batch_size: int, limit: int | None = None
-) -> Iterator[torch.Tensor]:
-    """The split's images in manifest order as uint8 [B, 3, image_px, image_px] RGB batches.
+    shard_dir: str | Path,
+    split: str,
+    image_px: int,
+    batch_size: int,
+    limit: int | None = None,
+    caption_tokens: int = 0,
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """The split's images in manifest order as uint8 [B, 3, image_px, image_px] RGB batches; with
+    caption_tokens > 0, (images, int64 [B, caption_tokens] ids of each image's first caption).
 
     Shortest side resized to image_px, centre crop; at most `limit` images; the last batch may be
     short. Corrupt samples are skipped with a warning.
@@ -216,17 +237,23 @@ def iterate_split(
     manifest = read_manifest(shard_dir)
     paths = _split_paths(manifest, shard_dir, split)
     errors = ErrorCount(f"{shard_dir} ({split})")
-    samples = read_samples(paths, manifest["image_key"], errors)
+    tokens_of = None
+    if caption_tokens:
+        tokens_of = CaptionTokens(load_tokenizer(shard_dir), caption_tokens)
+    samples = read_samples(paths, manifest["image_key"], errors, tokens_of is not None)
     reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
 
     def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
         return centre_square(height, width), False
 
-    return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit)
+    return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit, tokens_of)
 
 
-def val_batch(data: DataConfig, count: int, split: str | None = None) -> torch.Tensor:
-    """The first `count` images of `split` (default data.val_split): uint8 [count, 3, px, px].
+def val_batch(
+    data: DataConfig, count: int, split: str | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` images of `split` (default data.val_split): uint8 [count, 3, px, px];
+    with data.captions, (images, token ids [count, data.caption_tokens] of their first captions).
 
     Deterministic: shortest side resized to data.image_px, centre crop. An empty split falls back
     to "train" with a warning; a split with fewer images gives fewer (with a warning).
@@ -239,16 +266,18 @@ def val_batch(data: DataConfig, count: int, split: str | None = None) -> torch.T
             f"{data.shards}: split {split!r} is empty; validating on 'train' images", stacklevel=2
         )
         split = "train"
-    batches = list(iterate_split(data.shards, split, data.image_px, max(count, 1), limit=count))
-    images = (
-        torch.cat(batches)
-        if batches
-        else torch.empty((0, 3, data.image_px, data.image_px), dtype=torch.uint8)
-    )
+    tokens = data.caption_tokens if data.captions else 0
+    pairs = list(iterate_split(data.shards, split, data.image_px, max(count, 1), count, tokens))
+    if not tokens:
+        pairs = [(batch, batch.new_zeros((len(batch), 0), dtype=torch.int64)) for batch in pairs]
+    images = torch.empty((0, 3, data.image_px, data.image_px), dtype=torch.uint8)
+    token_ids = torch.zeros((0, tokens), dtype=torch.int64)
+    if pairs:
+        images, token_ids = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     if len(images) < count:
         warnings.warn(
             f"{data.shards}: split {split!r} has {len(images)} images, fewer than the "
             f"{count} asked for",
             stacklevel=2,
         )
-    return images
+    return (images, token_ids) if tokens else images
