@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ganpaint import cli
 from ganpaint import config as config_lib
 from ganpaint.config import ConfigError
 from ganpaint.data.shards import pack
@@ -47,6 +48,15 @@ def test_wgan_unet_preset_is_the_write_up():
     assert config.loss.reconstruction_weight == config.loss.adversarial_weight == 1.0
     assert config.schedule.critic_steps == 5 and config.loss.clamp == 0.0
     assert [phase.kind for phase in phases("wgan_unet", config.schedule)] == ["wgan_joint"]
+
+
+def test_models_command_prints_both_write_up_tables(capsys):
+    assert cli.main(["models", "--config", str(CONFIGS / "wgan_unet_coco.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "WGANUNet" in out and "WGANCritic" in out
+    assert "parameters 729,539" in out and "parameters 461,697" in out
+    for row in ("192x8x8", "128x16x16", "3x32x32", "128x2x2", "256x1x1"):
+        assert row in out
 
 
 def test_l2_only_preset_trains_no_critic():
