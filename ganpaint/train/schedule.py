@@ -39,9 +39,7 @@ JOINT_KIND = {
 
 def phases(family: str, schedule: ScheduleConfig) -> tuple[Phase, ...]:
     """The phases of a run, in order, covering [0, total_steps). Empty phases are dropped."""
-    if (
-        schedule.reconstruction_only
-    ):  # no adversary: the "L2 only" ablation of any inpainting family
+    if schedule.reconstruction_only:  # no adversary: an inpainting family's "L2 only" ablation
         return (Phase(1, "completion", "reconstruction", 0, schedule.total_steps),)
     if family == "glcic":
         completion_end = schedule.completion_steps
