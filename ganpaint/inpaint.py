@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ganpaint.completion import complete
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import telea_inpaint_uint8
 from ganpaint.eval.runs import open_model, resolve_device
@@ -101,9 +100,7 @@ def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.n
     mode = "reflect" if min(height, width) > NET_MULTIPLE else "replicate"
     padded_image = functional.pad(image, pad, mode=mode)
     padded_hole = functional.pad(hole_mask, pad, mode=mode)
-    prediction = complete(
-        exported.generator, padded_image, padded_hole, exported.fill_rgb.to(image)
-    )[0]
+    prediction = exported.complete(padded_image, padded_hole)[0]
     return _to_uint8(prediction[..., :height, :width])
 
 
@@ -120,9 +117,8 @@ def _predict_centre(
     top, bottom, left, right = centre_box(height, width)
     rows, columns = np.nonzero(hole)
     if rows.min() < top or rows.max() >= bottom or columns.min() < left or columns.max() >= right:
-        family = exported.config.model.family
         raise UserError(
-            f"{source}: {family} fills only the centre square (x {left}..{right - 1}, "
+            f"{source}: {exported.family.name} fills only the centre square (x {left}..{right - 1}, "
             f"y {top}..{bottom - 1}); this hole reaches outside it"
         )
     image_px, side = exported.config.data.image_px, exported.config.masks.local_px
@@ -134,7 +130,7 @@ def _predict_centre(
     offset = (image_px - side) // 2
     hole_mask = torch.zeros_like(image[:, :1])
     hole_mask[..., offset : offset + side, offset : offset + side] = 1
-    prediction = complete(exported.generator, image, hole_mask, exported.fill_rgb.to(image))[0]
+    prediction = exported.complete(image, hole_mask)[0]
     patch = _to_uint8(prediction[..., offset : offset + side, offset : offset + side])
     predicted = rgb.copy()
     predicted[top:bottom, left:right] = cv2.resize(
@@ -149,7 +145,7 @@ def predict_rgb(exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: s
     uint8 [H, W, 3], not yet composited: known pixels hold the net's own reconstruction (for
     centre nets, inside the centre box only), which the Poisson blend reads gradients from.
     """
-    if getattr(exported.generator, "predicts_center", False):
+    if exported.family.predicts_center:
         return _predict_centre(exported, rgb, hole, source)
     return _predict_full(exported, rgb, hole)
 

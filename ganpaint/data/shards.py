@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ganpaint.data.pack_state import claim_output, remove_stale_shards, verified
 from ganpaint.data.packing import (
     MANIFEST,
     STATE_DIR,
@@ -32,7 +33,6 @@ from ganpaint.data.packing import (
     pack_shard,
     write_json,
 )
-from ganpaint.data.resume import claim_output, remove_stale_shards, verified
 from ganpaint.data.sources import SOURCES, SPLITS, Inputs, enumerate_inputs
 from ganpaint.errors import UserError
 

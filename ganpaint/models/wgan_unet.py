@@ -58,8 +58,6 @@ class WGANUNet(nn.Module):
     fewer, each fed the previous stage concatenated with the encoder stage of twice its side.
     """
 
-    predicts_center = True
-
     def __init__(self, image_px: int = 64, width: int = 64) -> None:
         super().__init__()
         encoder_rows = take_rows(ENCODER, halvings(image_px))
