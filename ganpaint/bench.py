@@ -19,11 +19,14 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from ganpaint import config as config_lib
-from ganpaint.config import TrainConfig
+from ganpaint.config import TrainConfig, micro_batch_size
+from ganpaint.data.masks import hole_generator
 from ganpaint.errors import UserError
 from ganpaint.train import schedule
-from ganpaint.train.setup import build_trainables, make_accelerator
-from ganpaint.train.steps import STEP_FUNCTIONS, Batch, batches_per_step
+from ganpaint.train.backend import TrainState
+from ganpaint.train.feed import DataFeed, device_batch
+from ganpaint.train.setup import build_state, make_backend, step_settings
+from ganpaint.train.steps import STEP_FUNCTIONS, Batch, StepSettings, micro_batches_per_step
 
 # Dense bf16 / fp16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -45,9 +48,6 @@ class SyntheticFeed:
     """Fixed random batches on the device: the step alone, with no input pipeline."""
 
     def __init__(self, config: TrainConfig, device: torch.device, local_batch: int):
-        from ganpaint.data.masks import hole_generator
-        from ganpaint.train.loop import device_batch
-
         px = config.data.image_px
         generator = hole_generator(config.run.seed, 0, 0, device)
         raw = torch.randint(
@@ -62,33 +62,47 @@ class SyntheticFeed:
 class ShardFeed:
     """The training loop's own feed (loader, decode, masks): end to end from shards."""
 
-    def __init__(self, config: TrainConfig, parts, run_phases):
-        from ganpaint.train.loop import DataFeed
-
-        self.feed = DataFeed(config, parts, run_phases)
+    def __init__(self, config: TrainConfig, state: TrainState, run_phases):
+        accelerator = state.accelerator
+        self.feed = DataFeed(
+            config,
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.device,
+            run_phases,
+        )
 
     def batches(self, step: int, count: int) -> list[Batch]:
         return self.feed.batches(step)
 
 
 def _time_phase(
-    parts, kind: str, feed, micro: int, steps: int, warmup: int, device: torch.device
+    state: TrainState,
+    settings: StepSettings,
+    kind,
+    feed,
+    micro: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
 ) -> dict:
-    step_function = STEP_FUNCTIONS[kind]
+    def step_function(step: int) -> None:
+        STEP_FUNCTIONS[kind](state, settings, feed.batches(step, micro))
+
     started = time.perf_counter()
     for step in range(warmup):
-        step_function(parts, feed.batches(step, micro))
+        step_function(step)
     _synchronize(device)
     warmup_s = time.perf_counter() - started
     with FlopCounterMode(display=False) as counter:
-        step_function(parts, feed.batches(warmup, micro))
+        step_function(warmup)
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _synchronize(device)
     started = time.perf_counter()
     for step in range(warmup + 1, warmup + 1 + steps):
-        step_function(parts, feed.batches(step, micro))
+        step_function(step)
     _synchronize(device)
     elapsed = time.perf_counter() - started
     return {
@@ -107,32 +121,33 @@ def run_bench(
     """Measure each requested phase of `config`; one row per phase."""
     if data != "synthetic":
         config = replace(config, data=replace(config.data, shards=data))
-    accelerator = make_accelerator(config.run)
-    device = accelerator.device
-    parts = build_trainables(config, accelerator, torch.full((3,), 0.5))
-    run_phases = schedule.phases(config.model.family, config.schedule)
-    local_batch = config.data.batch_size // config.optim.grad_accum_steps
+    backend = make_backend(config.run)
+    device = backend.accelerator.device
+    state = build_state(config, backend)
+    settings = step_settings(config, torch.full((3,), 0.5), device)
+    run_phases = schedule.phases(settings.family, config.schedule)
+    local_batch = micro_batch_size(config, backend.accelerator.num_processes)
     feed = (
         SyntheticFeed(config, device, local_batch)
         if data == "synthetic"
-        else ShardFeed(config, parts, run_phases)
+        else ShardFeed(config, state, run_phases)
     )
     peak = device_peak_tflops(device)
     rows = []
     for phase in run_phases:
         if phase_numbers and phase.number not in phase_numbers:
             continue
-        micro = config.optim.grad_accum_steps * batches_per_step(
-            phase.kind, config.schedule.critic_steps
+        micro = micro_batches_per_step(
+            phase.kind, config.schedule.critic_steps, config.optim.grad_accum_steps
         )
-        timing = _time_phase(parts, phase.kind, feed, micro, steps, warmup, device)
+        timing = _time_phase(state, settings, phase.kind, feed, micro, steps, warmup, device)
         images_per_step = config.data.batch_size
         tflops = timing["flops_per_step"] / (timing["step_ms"] / 1000) / 1e12
         rows.append(
             {
                 "phase": phase.number,
                 "name": phase.name,
-                "kind": phase.kind,
+                "kind": phase.kind.value,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "batch": images_per_step,
                 "precision": config.run.mixed_precision,

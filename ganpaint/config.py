@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ganpaint.errors import UserError
+from ganpaint.files import write_text_atomically
 
-FAMILIES = ("glcic", "context_encoder", "wgan_unet", "dcgan")
 MASK_KINDS = ("center", "rect", "multi_rect", "brush")
 BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
@@ -79,7 +79,7 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = "glcic"  # glcic | context_encoder | wgan_unet | dcgan
+    family: str = "glcic"  # a registered family: `ganpaint models --list`
     width: int = 64  # generator base channels (papers: 64)
     disc_width: int = 64  # discriminator base channels (papers: 64)
     fc_features: int = 1024  # GLCIC discriminators' fully connected width
@@ -215,8 +215,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 def validate(config: TrainConfig, world_size: int = 1) -> None:
     """Cross-field rules. `world_size` is checked against the batch once processes are known."""
     run, data, masks, model = config.run, config.data, config.masks, config.model
-    optim, schedule, loss = config.optim, config.schedule, config.loss
-    _choice("model.family", model.family, FAMILIES)
+    optim, loss = config.optim, config.loss
     _choice("masks.kind", masks.kind, MASK_KINDS)
     _choice("masks.brush", masks.brush, BRUSH_PRESETS)
     _choice("model.hole_fill", model.hole_fill, HOLE_FILLS)
@@ -276,56 +275,51 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
             "config key 'data.resize_max_px': the centre crop scales the shortest side to one size "
             f"(resize_min_px = resize_max_px), got {data.resize_min_px} and {data.resize_max_px}"
         )
-    if model.family == "dcgan" and schedule.reconstruction_only:
-        raise ConfigError("config key 'schedule.reconstruction_only': dcgan has no reconstruction")
-    if model.family != "dcgan":
-        if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
-            raise ConfigError(
-                "config key 'masks.hole_max_px': need 1 <= hole_min_px <= hole_max_px <= local_px, got "
-                f"{masks.hole_min_px}, {masks.hole_max_px}, {masks.local_px}"
-            )
-        if masks.local_px > data.image_px:
-            raise ConfigError(
-                f"config key 'masks.local_px': local area {masks.local_px} px exceeds the image "
-                f"({data.image_px} px)"
-            )
-    if model.family in ("context_encoder", "wgan_unet"):
-        # These generators predict the centre square only: the hole is that square, fixed.
-        if masks.kind != "center":
-            raise ConfigError(
-                f"config key 'masks.kind': {model.family} predicts the centre; use 'center'"
-            )
-        # The net predicts the centre local_px square: the hole, or the hole and a band of
-        # overlap_px around it.
-        if (
-            masks.local_px * 2 != data.image_px
-            or masks.hole_max_px != masks.local_px - 2 * loss.overlap_px
-        ):
-            raise ConfigError(
-                f"config key 'masks.local_px': {model.family} needs local_px = image_px / 2 = "
-                f"hole_max_px + 2 * loss.overlap_px, got local_px={masks.local_px}, "
-                f"image_px={data.image_px}, hole_max_px={masks.hole_max_px}, "
-                f"overlap_px={loss.overlap_px}"
-            )
-    if model.family == "glcic":
-        if schedule.completion_steps + schedule.discriminator_steps > schedule.total_steps:
-            raise ConfigError(
-                "config key 'schedule.total_steps': must be >= completion_steps + discriminator_steps "
-                f"({schedule.completion_steps} + {schedule.discriminator_steps}), got {schedule.total_steps}"
-            )
-        if masks.local_px % 16:
-            raise ConfigError(
-                f"config key 'masks.local_px': must be a multiple of 16, got {masks.local_px}"
-            )
-    if model.family == "dcgan" and data.image_px != 64:
-        raise ConfigError(
-            f"config key 'data.image_px': dcgan generates 64 px images, got {data.image_px}"
-        )
+    _family_rules(config)
     if data.batch_size % (world_size * optim.grad_accum_steps):
         raise ConfigError(
             f"config key 'data.batch_size': {data.batch_size} is not divisible by "
             f"{world_size} processes x {optim.grad_accum_steps} accumulation steps"
         )
+
+
+def _family_rules(config: TrainConfig) -> None:
+    """The shared inpainting geometry, the phase lengths, then the family's own rules."""
+    from ganpaint.models import registry  # the registry's modules import this one
+
+    masks, image_px = config.masks, config.data.image_px
+    try:
+        family = registry.get(config.model.family)
+    except UserError as error:
+        raise ConfigError(f"config key 'model.family': {error}") from None
+    if config.schedule.reconstruction_only and not family.inpaints:
+        raise ConfigError(
+            f"config key 'schedule.reconstruction_only': {family.name} has no reconstruction loss"
+        )
+    if family.inpaints:
+        if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
+            raise ConfigError(
+                "config key 'masks.hole_max_px': need 1 <= hole_min_px <= hole_max_px <= local_px, got "
+                f"{masks.hole_min_px}, {masks.hole_max_px}, {masks.local_px}"
+            )
+        if masks.local_px > image_px:
+            raise ConfigError(
+                f"config key 'masks.local_px': local area {masks.local_px} px exceeds the image "
+                f"({image_px} px)"
+            )
+    fixed = [plan.length_key for plan in family.phases if plan.length_key]
+    if sum(_get(config.schedule, key) for key in fixed) > config.schedule.total_steps:
+        lengths = " + ".join(fixed)
+        raise ConfigError(
+            f"config key 'schedule.total_steps': must be >= {lengths} for {family.name}, got "
+            f"{config.schedule.total_steps}"
+        )
+    family.check(config)
+
+
+def micro_batch_size(config: TrainConfig, processes: int) -> int:
+    """Images per process per micro-batch: the global batch over processes x accumulation steps."""
+    return config.data.batch_size // (processes * config.optim.grad_accum_steps)
 
 
 def _get(config: Any, dotted: str) -> Any:
@@ -344,10 +338,7 @@ def to_yaml(config: TrainConfig) -> str:
 
 def save(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config (every field, defaults included) atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(config))
-    tmp.replace(path)
+    write_text_atomically(path, to_yaml(config))
 
 
 def from_dict(values: dict) -> TrainConfig:

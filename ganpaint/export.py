@@ -16,8 +16,12 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from ganpaint import config as config_lib
+from ganpaint.completion import complete
 from ganpaint.config import TrainConfig
 from ganpaint.errors import UserError
+from ganpaint.files import atomic_path
+from ganpaint.models import Family, build_nets, registry
+from ganpaint.models.layers import cpu_state_dict
 
 GENERATOR_FILE = "generator.safetensors"
 DISCRIMINATOR_FILE = "discriminator.safetensors"
@@ -31,20 +35,22 @@ class Exported:
     step: int
 
     @property
+    def family(self) -> Family:
+        return registry.get(self.config.model.family)
+
+    def complete(
+        self, images: torch.Tensor, hole_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prediction, completed) for images [N,3,H,W] in [0,1] and hole_mask [N,1,H,W]."""
+        fill_rgb = self.fill_rgb.to(images)
+        return complete(self.generator, images, hole_mask, fill_rgb, self.family.predicts_center)
+
+    @property
     def fill_rgb(self) -> torch.Tensor:
         """The hole fill colour the net was trained with, [3] in [0, 1]."""
         if self.config.model.hole_fill == "zero":
             return torch.zeros(3)
         return torch.tensor(self.mean_rgb)
-
-
-def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    # Unwrap DDP / torch.compile wrappers so names match a freshly built net.
-    module = getattr(module, "module", module)
-    module = getattr(module, "_orig_mod", module)
-    return {
-        name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()
-    }
 
 
 def save_export(
@@ -60,13 +66,12 @@ def save_export(
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"config": config_lib.to_dict(config), "mean_rgb": list(mean_rgb), "step": step}
     for name, module in ((GENERATOR_FILE, generator), (DISCRIMINATOR_FILE, discriminator)):
-        tmp = directory / (name + ".tmp")
-        save_file(
-            _state_dict(module),
-            str(tmp),
-            metadata={"ganpaint": json.dumps({**meta, "net": name.split(".")[0]})},
-        )
-        tmp.replace(directory / name)
+        with atomic_path(directory / name) as partial:
+            save_file(
+                cpu_state_dict(module),
+                str(partial),
+                metadata={"ganpaint": json.dumps({**meta, "net": name.split(".")[0]})},
+            )
     config_lib.save(config, directory / "config.yaml")
 
 
@@ -83,8 +88,6 @@ def _resolve(path: str | Path) -> Path:
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Exported:
     """Rebuild the generator from a run dir, its export/ dir, or a generator .safetensors file."""
-    from ganpaint.models import build_nets  # models import torch.nn layers: keep this module light
-
     file = _resolve(path)
     try:
         with safe_open(str(file), framework="pt") as handle:

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ganpaint.completion import complete
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import telea_inpaint_uint8
 from ganpaint.eval.runs import open_model, resolve_device
@@ -102,9 +101,7 @@ def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.n
     mode = "reflect" if min(height, width) > NET_MULTIPLE else "replicate"
     padded_image = functional.pad(image, pad, mode=mode)
     padded_hole = functional.pad(hole_mask, pad, mode=mode)
-    prediction = complete(
-        exported.generator, padded_image, padded_hole, exported.fill_rgb.to(image)
-    )[0]
+    prediction = exported.complete(padded_image, padded_hole)[0]
     return _to_uint8(prediction[..., :height, :width])
 
 
@@ -135,9 +132,8 @@ def _predict_centre(
         or columns.min() < inner_left
         or columns.max() >= inner_right
     ):
-        family = exported.config.model.family
         raise UserError(
-            f"{source}: {family} fills only the centre square (x {inner_left}..{inner_right - 1}, "
+            f"{source}: {exported.family.name} fills only the centre square (x {inner_left}..{inner_right - 1}, "
             f"y {inner_top}..{inner_bottom - 1}); this hole reaches outside it"
         )
     top, bottom, left, right = centre_box(height, width)
@@ -149,7 +145,7 @@ def _predict_centre(
     offset, hole_offset = (image_px - side) // 2, (image_px - hole_px) // 2
     hole_mask = torch.zeros_like(image[:, :1])
     hole_mask[..., hole_offset : hole_offset + hole_px, hole_offset : hole_offset + hole_px] = 1
-    prediction = complete(exported.generator, image, hole_mask, exported.fill_rgb.to(image))[0]
+    prediction = exported.complete(image, hole_mask)[0]
     patch = _to_uint8(prediction[..., offset : offset + side, offset : offset + side])
     predicted = rgb.copy()
     predicted[top:bottom, left:right] = cv2.resize(
@@ -164,7 +160,7 @@ def predict_rgb(exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: s
     uint8 [H, W, 3], not yet composited: known pixels hold the net's own reconstruction (for
     centre nets, inside the centre box only), which the Poisson blend reads gradients from.
     """
-    if getattr(exported.generator, "predicts_center", False):
+    if exported.family.predicts_center:
         return _predict_centre(exported, rgb, hole, source)
     return _predict_full(exported, rgb, hole)
 

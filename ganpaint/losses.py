@@ -105,12 +105,17 @@ def clamp_weights_(module: nn.Module, limit: float) -> None:
         parameter.clamp_(-limit, limit)
 
 
-def glcic_generator_loss(
-    reconstruction: torch.Tensor, adversarial: torch.Tensor, alpha: float
+def inpainting_generator_loss(
+    reconstruction: torch.Tensor,
+    adversarial: torch.Tensor,
+    alpha: float,
+    reconstruction_weight: float = 1.0,
 ) -> torch.Tensor:
-    """GLCIC Eq. 3, the completion net's side: L(x, M) + alpha * adversarial (alpha = 4e-4).
+    """The generator's side of every joint inpainting step: lambda_rec * L(x, M) + alpha * adv.
 
-    reconstruction: `masked_mse`; adversarial: `generator_bce` of D's logits on the completion.
-    Not halved and not otherwise rescaled (see the module docstring).
+    GLCIC Eq. 3 with lambda_rec = 1, alpha = 4e-4; Context Encoders' lambda_rec * L2 +
+    lambda_adv * BCE; the WGAN U-Net's L2 + critic score "simply added" (alpha = 1).
+    reconstruction: `masked_mse`; adversarial: `generator_bce` of D's logits, or
+    `wgan_generator_loss`. Not halved and not otherwise rescaled (see the module docstring).
     """
-    return reconstruction.float() + alpha * adversarial.float()
+    return reconstruction_weight * reconstruction.float() + alpha * adversarial.float()

@@ -243,7 +243,7 @@ def test_caption_nets_shapes_and_the_caption_matters():
     generator, critic = CaptionUNet(32, 8, 20).eval(), CaptionCritic(16, 8, 20).eval()
     image, tokens = torch.rand(2, 3, 32, 32), torch.tensor([[2, 3, 0], [2, 4, 0]])
     output = generator(image, None, tokens)
-    assert output.shape == (2, 3, 16, 16) and generator.predicts_center
+    assert output.shape == (2, 3, 16, 16)
     swapped = generator(image, None, tokens.flip(0))
     assert not torch.allclose(output, swapped)
     patch = torch.rand(2, 3, 16, 16)

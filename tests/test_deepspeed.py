@@ -27,7 +27,7 @@ from ganpaint import config as config_lib  # noqa: E402
 from ganpaint.config import ConfigError, RunConfig  # noqa: E402
 from ganpaint.errors import UserError  # noqa: E402
 from ganpaint.train import checkpoint, deepspeed  # noqa: E402
-from ganpaint.train.setup import deepspeed_requested, make_accelerator  # noqa: E402
+from ganpaint.train.setup import deepspeed_requested, make_backend  # noqa: E402
 
 # Trains like tests/scripts/rank_digest.py (digests of every rank's parameters at each checkpoint
 # save); NAN_CALLS="2,3" makes those calls of losses.masked_mse return NaN.
@@ -191,7 +191,7 @@ def test_deepspeed_settings_refused_before_any_process_group(tmp_path, monkeypat
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
     assert not deepspeed_requested(RunConfig())
     with pytest.raises(ConfigError, match="needs a launcher"):
-        make_accelerator(RunConfig(deepspeed_config=path, mixed_precision="bf16"))
+        make_backend(RunConfig(deepspeed_config=path, mixed_precision="bf16"))
     with pytest.raises(ConfigError, match="fp16 is not supported"):
         deepspeed.make_accelerator(RunConfig(deepspeed_config=path, mixed_precision="fp16"), False)
     with pytest.raises(ConfigError, match="run.cpu"):
@@ -231,11 +231,18 @@ def test_a_checkpoint_resumes_only_under_the_engine_that_wrote_it(tmp_path):
     (tmp_path / "state.json").write_text(
         json.dumps({"step": 3, "deepspeed": {"processes": 2, "zero_stage": 2}})
     )
-    with pytest.raises(UserError, match="written by a DeepSpeed run"):
-        checkpoint.load(SimpleNamespace(deepspeed=False), tmp_path)
+    ddp = SimpleNamespace(backend=SimpleNamespace(name="ddp", label="DDP"))
+    deepspeed_run = SimpleNamespace(backend=SimpleNamespace(name="deepspeed", label="DeepSpeed"))
+    with pytest.raises(UserError, match="written by a DeepSpeed run .* with DDP"):
+        checkpoint.load(ddp, tmp_path)
     (tmp_path / "state.json").write_text(json.dumps({"step": 3}))
-    with pytest.raises(UserError, match="written by a DDP run"):
-        checkpoint.load(SimpleNamespace(deepspeed=True), tmp_path)
+    with pytest.raises(UserError, match="written by a DDP run .* with DeepSpeed"):
+        checkpoint.load(deepspeed_run, tmp_path)
+    # today's record names the backend itself
+    record = {"step": 3, "backend": {"name": "deepspeed", "label": "DeepSpeed", "processes": 2}}
+    (tmp_path / "state.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="written by a DeepSpeed run"):
+        checkpoint.load(ddp, tmp_path)
 
 
 # --- slow: real 2-process launches -----------------------------------------------------------
@@ -266,7 +273,13 @@ def test_zero2_launch_trains_glcic_checkpoints_resumes_and_exports(
     assert [row["step"] for row in rows] == [2, 3, 4, 6, 6]  # phase ends, every 3, the end
     saved = checkpoint.latest(run_dir)
     state = json.loads((saved / "state.json").read_text())
-    assert state["step"] == 6 and state["deepspeed"] == {"processes": 2, "zero_stage": 2}
+    assert state["step"] == 6
+    assert state["backend"] == {
+        "name": "deepspeed",
+        "label": "DeepSpeed",
+        "processes": 2,
+        "zero_stage": 2,
+    }
     for net in ("generator", "discriminator"):
         files = sorted(path.name for path in (saved / net).iterdir())
         assert files == [

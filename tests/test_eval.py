@@ -314,8 +314,7 @@ def test_injected_feature_extractor_gives_fid_and_kid(synthetic_shards, make_con
         return torch.nn.functional.avg_pool2d(images, 16).flatten(1)
 
     results, preview = evaluate(
-        exported.generator,
-        exported.fill_rgb,
+        exported,
         mean_rgb,
         batches,
         holes,

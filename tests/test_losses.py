@@ -12,7 +12,7 @@ from ganpaint.losses import (
     clamp_weights_,
     discriminator_bce,
     generator_bce,
-    glcic_generator_loss,
+    inpainting_generator_loss,
     masked_mse,
     wgan_critic_loss,
     wgan_generator_loss,
@@ -79,9 +79,11 @@ def test_wgan_losses():
     assert wgan_generator_loss(fake).item() == pytest.approx(0.5)
 
 
-def test_glcic_generator_loss_is_plain_sum():
-    loss = glcic_generator_loss(torch.tensor(0.02), torch.tensor(0.7), 4e-4)
-    assert loss.item() == pytest.approx(0.02 + 4e-4 * 0.7)
+def test_inpainting_generator_loss_is_plain_weighted_sum():
+    loss = inpainting_generator_loss(torch.tensor(0.02), torch.tensor(0.7), 4e-4)
+    assert loss.item() == pytest.approx(0.02 + 4e-4 * 0.7)  # GLCIC eq. 3, not halved
+    weighted = inpainting_generator_loss(torch.tensor(0.02), torch.tensor(0.7), 1e-3, 0.999)
+    assert weighted.item() == pytest.approx(0.999 * 0.02 + 1e-3 * 0.7)
 
 
 def test_losses_return_fp32_from_bf16_under_autocast():

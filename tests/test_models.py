@@ -14,7 +14,7 @@ from torch import nn
 
 from ganpaint import cli
 from ganpaint.config import ModelConfig
-from ganpaint.models import build_nets, example_inputs
+from ganpaint.models import build_nets, example_inputs, registry
 from ganpaint.models.summary import count_parameters, forward_flops, layer_table, receptive_field
 
 TINY = {  # family -> (image_px, local_px) for width-8 nets
@@ -63,7 +63,7 @@ def test_tiny_nets_train_forward_backward(family):
     (output.mean() + logits.sum()).backward()
     for net in (nets.generator, nets.discriminator):
         assert all(parameter.grad is not None for parameter in net.parameters())
-    assert nets.generator.predicts_center is (family in ("context_encoder", "wgan_unet"))
+    assert registry.get(family).predicts_center is (family in ("context_encoder", "wgan_unet"))
 
 
 @pytest.mark.parametrize("family", ["context_encoder", "wgan_unet", "dcgan"])

@@ -21,10 +21,11 @@ from ganpaint.errors import UserError
 from ganpaint.export import load_generator
 from ganpaint.inpaint import inpaint_pixels
 from ganpaint.losses import masked_mse, overlap_mse
-from ganpaint.models import build_nets
+from ganpaint.models import StepKind, build_nets, registry
 from ganpaint.train.loop import train
 from ganpaint.train.schedule import phases
-from ganpaint.train.validation import load_validation, validate
+from ganpaint.train.setup import step_settings
+from ganpaint.train.validation import load_validation_set, run_validation
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 CELEBA_TRAIN_IMAGES = 162_770
@@ -47,7 +48,8 @@ def test_wgan_unet_preset_is_the_write_up():
     # L2 + WGAN "simply added"; 5 critic steps, clamp rule -> 0.03
     assert config.loss.reconstruction_weight == config.loss.adversarial_weight == 1.0
     assert config.schedule.critic_steps == 5 and config.loss.clamp == 0.0
-    assert [phase.kind for phase in phases("wgan_unet", config.schedule)] == ["wgan_joint"]
+    family = registry.get("wgan_unet")
+    assert [phase.kind for phase in phases(family, config.schedule)] == [StepKind.CRITIC]
 
 
 def test_models_command_prints_both_write_up_tables(capsys):
@@ -62,8 +64,8 @@ def test_models_command_prints_both_write_up_tables(capsys):
 def test_l2_only_preset_trains_no_critic():
     config = preset("wgan_unet_coco_l2")
     assert config.model == preset("wgan_unet_coco").model
-    (phase,) = phases(config.model.family, config.schedule)
-    assert (phase.kind, phase.start_step, phase.end_step) == ("reconstruction", 0, 50_000)
+    (phase,) = phases(registry.get(config.model.family), config.schedule)
+    assert (phase.kind, phase.start_step, phase.end_step) == (StepKind.COMPLETION, 0, 50_000)
 
 
 def test_context_encoder_preset_overlap_and_twelve_epochs():
@@ -155,7 +157,8 @@ def test_l2_only_run_never_updates_the_critic(synthetic_shards, make_config):
     run_dir = train(config)
     rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert {row["phase"] for row in rows} == {"completion"}
-    assert not any("/d_" in key for row in rows for key in row)
+    assert not any("/discriminator_" in key for row in rows for key in row)
+    assert all("completion/generator_mse" in row for row in rows)
     torch.manual_seed(config.run.seed)  # the loop seeds the same way before building the nets
     initial = build_nets(config.model, config.data.image_px, config.masks.local_px)
     critic = load_file(str(run_dir / "export" / "discriminator.safetensors"))
@@ -171,10 +174,11 @@ def test_l2_only_run_never_updates_the_critic(synthetic_shards, make_config):
 def test_validation_baseline_is_named_after_the_fill(synthetic_shards, make_config):
     for fill in ("zero", "mean"):
         config = make_config(synthetic_shards, **{**CENTRE, "model.hole_fill": fill})
-        validation = load_validation(config, torch.device("cpu"))
+        validation = load_validation_set(config, torch.device("cpu"))
         generator = build_nets(config.model, 32, 16).generator
         fill_rgb = torch.zeros(3) if fill == "zero" else torch.full((3,), 0.5)
-        scalars, _ = validate(generator, config.model.family, fill_rgb, validation)
+        settings = step_settings(config, fill_rgb, torch.device("cpu"))
+        scalars, _ = run_validation(generator, settings, validation)
         assert set(scalars) == {"val/hole_psnr", f"val/hole_psnr_{fill}_fill"}
 
 
@@ -192,7 +196,7 @@ def test_context_encoder_overlap_trains_and_inpaints_inside_its_hole(synthetic_s
     }
     run_dir = train(make_config(synthetic_shards, **overrides))
     rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(row["joint/g_mse"]) for row in rows)
+    assert all(np.isfinite(row["joint/generator_mse"]) for row in rows)
     exported = load_generator(run_dir)
     pixels = np.full((64, 64, 3), 120, np.uint8)
     inner = np.zeros((64, 64), bool)

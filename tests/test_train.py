@@ -205,7 +205,9 @@ def test_nan_storm_stops_the_run_and_keeps_the_last_checkpoint(
         return value * float("nan") if calls["n"] > 2 else value
 
     monkeypatch.setattr(losses, "masked_mse", nan_after_two)
-    with pytest.raises(TrainingDiverged, match=r"3 non-finite 'g' losses in a row in phase 1"):
+    with pytest.raises(
+        TrainingDiverged, match=r"3 non-finite 'generator' losses in a row in phase 1"
+    ):
         train(config)
     # Steps 3-5 were skipped, so the step-4 checkpoint holds the step-2 weights: still finite.
     assert [step for step, _ in checkpoint.saved_steps(config.run.dir)] == [2, 4]

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ganpaint.data.sources import ImageReader, Item, SkipImage
+from ganpaint.files import write_text_atomically
 
 MANIFEST = "manifest.json"  # written last: a shard directory is complete once it holds one
 STATE_DIR = ".packing"  # unfinished tars and per-shard records, removed with the manifest written
@@ -86,9 +87,7 @@ def file_sha256(path: Path) -> str:
 
 def write_json(path: Path, value: dict) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
 def pack_shard(task: ShardTask) -> dict:

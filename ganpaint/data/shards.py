@@ -29,6 +29,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ganpaint.data.captions import caption_manifest
+from ganpaint.data.pack_state import claim_output, remove_stale_shards, verified
 from ganpaint.data.packing import (
     MANIFEST,
     STATE_DIR,
@@ -37,7 +38,6 @@ from ganpaint.data.packing import (
     pack_shard,
     write_json,
 )
-from ganpaint.data.resume import claim_output, remove_stale_shards, verified
 from ganpaint.data.sources import SOURCES, SPLITS, Inputs, Item, enumerate_inputs
 from ganpaint.errors import UserError
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ganpaint.config import DataConfig
+from ganpaint.data.batches import ErrorCount, fill_batches, read_samples, shuffle
 from ganpaint.data.captions import CaptionTokens, load_tokenizer
 from ganpaint.data.decode import (
     centre_square,
@@ -37,7 +38,6 @@ from ganpaint.data.decode import (
     scaled_centre_square,
 )
 from ganpaint.data.packing import MANIFEST
-from ganpaint.data.samples import ErrorCount, fill_batches, read_samples, shuffle
 from ganpaint.errors import UserError
 
 SHARD_ORDER, SAMPLE_ORDER = 0, 1  # first seed word: the two kinds of generator never share a stream

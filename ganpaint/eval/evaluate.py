@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ganpaint.completion import complete, fill_holes
+from ganpaint.completion import fill_holes
 from ganpaint.config import MaskConfig
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import mean_fill, telea_fill
@@ -31,6 +31,9 @@ from ganpaint.eval.fid import (
 from ganpaint.eval.metrics import area_bucket, image_metrics, summarize
 from ganpaint.eval.report import print_table, write_tensorboard
 from ganpaint.eval.runs import open_model, resolve_device
+from ganpaint.export import Exported
+from ganpaint.files import atomic_path, write_text_atomically
+from ganpaint.models import Family
 
 METHODS = ("model", "mean_fill", "telea")
 BRUSH_PRESETS = ("thin", "medium", "thick")
@@ -42,15 +45,15 @@ FID_HINT = (
 )
 
 
-def eval_masks(run_masks: MaskConfig, choice: str, family: str) -> tuple[MaskConfig, str]:
+def eval_masks(run_masks: MaskConfig, choice: str, family: Family) -> tuple[MaskConfig, str]:
     """The run's mask settings with the kind from --masks (rect | center | a brush preset).
 
     Centre-predicting families only fill the centre square, so they always get centre holes.
     Returns the config and the name used for the hole set.
     """
-    if family in ("context_encoder", "wgan_unet"):
+    if family.predicts_center:
         if choice != "center":
-            print(f"note: {family} fills only the centre square: using --masks center")
+            print(f"note: {family.name} fills only the centre square: using --masks center")
         return dataclasses.replace(run_masks, kind="center"), "center"
     if choice in BRUSH_PRESETS:
         return dataclasses.replace(run_masks, kind="brush", brush=choice), choice
@@ -92,15 +95,13 @@ def load_or_draw_hole_set(
         return holes, True
     holes = draw_hole_set(masks, count, image_px, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    torch.save(holes, partial)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        torch.save(holes, partial)
     return holes, False
 
 
 def evaluate(
-    generator: torch.nn.Module,
-    fill_rgb: torch.Tensor,
+    exported: Exported,
     mean_rgb: torch.Tensor,
     batches: Iterable[torch.Tensor],
     holes: torch.Tensor,
@@ -122,7 +123,7 @@ def evaluate(
         hole_mask = holes[start : start + len(batch)].to(device).float()
         start += len(batch)
         with torch.no_grad():
-            completed = complete(generator, images, hole_mask, fill_rgb)[1].clamp(0, 1)
+            completed = exported.complete(images, hole_mask)[1].clamp(0, 1)
         filled = {
             "model": completed,
             "mean_fill": mean_fill(images, hole_mask, mean_rgb),
@@ -137,7 +138,7 @@ def evaluate(
                 features[name].append(extractor(result))
         if preview is None:
             shown = slice(0, PREVIEW_IMAGES)
-            model_input = fill_holes(images, hole_mask, fill_rgb)
+            model_input = fill_holes(images, hole_mask, exported.fill_rgb.to(images))
             columns = [images[shown], model_input[shown], completed[shown], filled["telea"][shown]]
             preview = torch.stack(columns, 1).flatten(0, 1).cpu()
     if start == 0:
@@ -193,15 +194,13 @@ def eval_command(
     image_px = config.data.image_px
     extractor = load_inception(inception, torch_device) if inception else None
     mean_rgb = torch.tensor(read_manifest(shards)["mean_rgb"], dtype=torch.float32)
-    mask_config, mask_name = eval_masks(config.masks, masks, config.model.family)
+    mask_config, mask_name = eval_masks(config.masks, masks, exported.family)
     folder = Path(json_out).parent if json_out else Path(run) / "eval"
     holes_path = folder / f"holes-{mask_name}-{image_px}px-{count}-seed{seed}.pt"
     holes, reused = load_or_draw_hole_set(holes_path, mask_config, count, image_px, seed)
     print(f"holes: {'reused' if reused else 'saved'} {holes_path}")
     batches = iterate_split(shards, split, image_px, batch_size, limit=count)
-    results, preview = evaluate(
-        exported.generator, exported.fill_rgb, mean_rgb, batches, holes, torch_device, extractor
-    )
+    results, preview = evaluate(exported, mean_rgb, batches, holes, torch_device, extractor)
     evaluated = results["model"]["buckets"]
     image_count = sum(bucket["count"] for bucket in evaluated.values())
     if image_count < count:
@@ -225,8 +224,6 @@ def eval_command(
     write_tensorboard(Path(run) / "tb", report, preview)
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(json_out).with_name(Path(json_out).name + ".tmp")
-        partial.write_text(json.dumps(report, indent=2) + "\n")
-        partial.replace(json_out)
+        write_text_atomically(json_out, json.dumps(report, indent=2) + "\n")
         print(f"results: {json_out}")
     return 0

@@ -9,8 +9,6 @@ import torch
 from ganpaint.errors import UserError
 from ganpaint.export import Exported, load_generator
 
-INPAINTING_FAMILIES = ("glcic", "context_encoder", "wgan_unet")
-
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; any other torch device name as given."""
@@ -30,17 +28,21 @@ def resolve_device(name: str) -> torch.device:
 def open_model(path: str | Path, device: torch.device, inpainting: bool) -> Exported:
     """Load an exported generator and check it is the kind the command needs.
 
-    `inpainting` True: glcic, context_encoder or wgan_unet; False: dcgan. Raises UserError naming
-    the path otherwise, or when nothing is exported there.
+    `inpainting` True: a family that fills holes; False: one that generates from a latent. Raises
+    UserError naming the path otherwise, or when nothing is exported there.
     """
     if not Path(path).exists():
         raise UserError(f"run directory or weights file not found: {path}")
     exported = load_generator(path, device)
-    family = exported.config.model.family
-    if inpainting and family not in INPAINTING_FAMILIES:
+    family = exported.family
+    if inpainting and not family.inpaints:
         raise UserError(
-            f"{path}: a {family} model generates images and cannot inpaint (use `ganpaint sample`)"
+            f"{path}: a {family.name} model generates images and cannot inpaint "
+            "(use `ganpaint sample`)"
         )
-    if not inpainting and family != "dcgan":
-        raise UserError(f"{path}: `ganpaint sample` needs a dcgan model, this one is {family}")
+    if not inpainting and family.inpaints:
+        raise UserError(
+            f"{path}: `ganpaint sample` needs a generation model (e.g. dcgan), this one is "
+            f"{family.name}, which inpaints"
+        )
     return exported

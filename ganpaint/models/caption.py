@@ -45,8 +45,6 @@ class CaptionUNet(nn.Module):
     """forward(image_filled [N, 3, S, S] in [0, 1], hole_mask (ignored), tokens [N, T])
     -> centre [N, 3, S/2, S/2] in [0, 1]."""
 
-    predicts_center = True
-
     def __init__(self, image_px: int, width: int, vocabulary_size: int) -> None:
         super().__init__()
         self.text = TextEncoder(vocabulary_size)

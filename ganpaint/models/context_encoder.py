@@ -57,8 +57,6 @@ class ContextEncoder(nn.Module):
     reduces 4x4 to 1x1, and the decoder doubles from 4x4 up to `center_px`, all of it convolutional.
     """
 
-    predicts_center = True
-
     def __init__(self, image_px: int = 128, center_px: int = 64, width: int = 64) -> None:
         super().__init__()
         encoder_rows = take_rows(ENCODER, halvings(image_px), from_end=True)

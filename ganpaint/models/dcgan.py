@@ -24,8 +24,6 @@ class DCGANGenerator(nn.Module):
     The output is the paper's tanh rescaled to [0, 1] as (tanh + 1) / 2, ganpaint's image range.
     """
 
-    predicts_center = False
-
     def __init__(self, latent_dim: int = 100, width: int = 64) -> None:
         super().__init__()
         self.latent_dim = latent_dim

@@ -65,8 +65,6 @@ class CompletionNet(nn.Module):
     the fourth input channel, as in the paper. 6.07 M parameters at width 64.
     """
 
-    predicts_center = False
-
     def __init__(self, width: int = 64) -> None:
         super().__init__()
         self.layers = make_layers(COMPLETION_NET, 4, width)

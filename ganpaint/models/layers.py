@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 PAPER_WIDTH = 64  # every table below is written at the papers' base width
@@ -171,3 +172,15 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+def plain_module(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP, DeepSpeed and torch.compile wrappers, in either order."""
+    inner = extract_model_from_parallel(model)
+    return getattr(inner, "_orig_mod", inner)
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict of contiguous CPU tensors, as safetensors wants them."""
+    state = plain_module(model).state_dict()
+    return {key: value.detach().cpu().contiguous() for key, value in state.items()}

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ganpaint import config as config_lib
-from ganpaint.models import build_nets, example_inputs
+from ganpaint.models import build_nets, example_inputs, registry
 from ganpaint.models.layers import evaluating
 
 LAYER_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -90,7 +90,7 @@ def receptive_field(generator: nn.Module, image_px: int) -> int:
     When the region touches the border the field is larger than the probe, so P doubles (the
     generator must be fully convolutional) until it fits or P reaches max(image_px, 1024 px); a
     field that still touches the border is reported as the probe's extent. For
-    generator(image, hole_mask) nets; meant for GLCIC (the centre-predicting nets see everything).
+    full-image generator(image, hole_mask) nets (the centre-predicting nets see everything).
     """
     probe, side = _positive_probe(generator), image_px
     while True:
@@ -164,7 +164,10 @@ def describe(config: config_lib.TrainConfig) -> dict[str, Any]:
             "input_shapes": [list(tensor.shape[1:]) for tensor in inputs],
             "layers": layer_table(net, *inputs),
         }
-    if model.family == "glcic":
+    family = registry.get(model.family)
+    # Full-image inpainting nets are fully convolutional: their field is worth knowing (the
+    # centre predictors see the whole image through their bottleneck).
+    if family.inpaints and not family.predicts_center:
         narrow = build_nets(dataclasses.replace(model, width=PROBE_WIDTH), image_px, local_px)
         networks["generator"]["receptive_field_px"] = receptive_field(narrow.generator, image_px)
     return {

@@ -81,8 +81,6 @@ class WGANUNet(nn.Module):
     the same side; the last decoder row is TO_RGB.
     """
 
-    predicts_center = True
-
     def __init__(self, image_px: int = 64, width: int = 64, condition_features: int = 0) -> None:
         super().__init__()
         encoder_rows = take_rows(ENCODER, halvings(image_px))

@@ -30,6 +30,7 @@ import importlib
 import json
 import os
 import pickle
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -46,14 +47,20 @@ from packaging.version import Version
 from torch import nn
 
 from ganpaint import losses
-from ganpaint.config import ConfigError, RunConfig, TrainConfig
+from ganpaint.config import ConfigError, RunConfig, TrainConfig, micro_batch_size
 from ganpaint.errors import UserError
-from ganpaint.models import build_nets
-from ganpaint.train.steps import Trainables
+from ganpaint.models import Nets, build_nets
+from ganpaint.train.backend import (
+    NET_NAMES,
+    Backend,
+    Losses,
+    TrainState,
+    accelerate_precision,
+    plain_module,
+)
 
 # Verified with 0.19.8; the non-finite guard relies on bf16.check_grad_overflow (recent versions).
 MIN_DEEPSPEED = "0.19"
-NET_NAMES = ("generator", "discriminator")
 SUPPORTED_STAGES = (1, 2)
 # Set from the training config; a DeepSpeed config may leave them out, say "auto", or agree.
 BATCH_KEYS = ("train_batch_size", "gradient_accumulation_steps", "train_micro_batch_size_per_gpu")
@@ -171,7 +178,7 @@ def make_accelerator(run: RunConfig, use_cpu: bool) -> Accelerator:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     plugins = {name: make_plugin(run) for name in NET_NAMES}
     return Accelerator(
-        mixed_precision="no" if run.mixed_precision == "fp32" else run.mixed_precision,
+        mixed_precision=accelerate_precision(run),
         deepspeed_plugins=plugins,
         kwargs_handlers=handlers,
     )
@@ -196,7 +203,7 @@ def set_batch_geometry(plugin: DeepSpeedPlugin, config: TrainConfig, processes: 
     _claim(
         ds_config,
         "train_micro_batch_size_per_gpu",
-        config.data.batch_size // (processes * accumulation),
+        micro_batch_size(config, processes),
         origin,
         f"data.batch_size / ({processes} processes x {accumulation} accumulation steps)",
     )
@@ -242,31 +249,6 @@ class SafeCheckpointEngine(TorchCheckpointEngine):
             ) from None
 
 
-def prepare(
-    config: TrainConfig,
-    accelerator: Accelerator,
-    generator: nn.Module,
-    discriminator: nn.Module,
-    generator_optimizer: torch.optim.Optimizer,
-    discriminator_optimizer: torch.optim.Optimizer,
-) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """(generator engine, discriminator engine, their optimiser wrappers): one engine per net."""
-    prepared = {}
-    for name, net, optimizer in (
-        ("generator", generator, generator_optimizer),
-        ("discriminator", discriminator, discriminator_optimizer),
-    ):
-        accelerator.state.select_deepspeed_plugin(name)
-        set_batch_geometry(accelerator.state.deepspeed_plugin, config, accelerator.num_processes)
-        engine, wrapper = accelerator.prepare(net, optimizer)
-        _cast_at_the_boundary(engine.module)
-        engine.checkpoint_engine = SafeCheckpointEngine(engine._config)
-        prepared[name] = engine, wrapper
-    accelerator.state.select_deepspeed_plugin("generator")
-    (generator, generator_optimizer), (discriminator, discriminator_optimizer) = prepared.values()
-    return generator, discriminator, generator_optimizer, discriminator_optimizer
-
-
 @torch.no_grad()
 def clamp_weights_(engine: nn.Module, limit: float) -> None:
     """WGAN weight clipping of the fp32 masters and of the module's copies (collective).
@@ -283,7 +265,7 @@ def clamp_weights_(engine: nn.Module, limit: float) -> None:
 
 def full_precision_state(engine: nn.Module) -> dict[str, torch.Tensor]:
     """The net's state_dict on the CPU in fp32, parameters from the fp32 masters (collective)."""
-    module = getattr(engine.module, "_orig_mod", engine.module)
+    module = plain_module(engine)
     state = {key: value.detach() for key, value in module.state_dict().items()}
     for name, parameter in module.named_parameters():
         master = safe_get_full_fp32_param(parameter)  # an all-reduce of the ZeRO fragments
@@ -295,38 +277,87 @@ def full_precision_state(engine: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def full_precision_nets(parts: Trainables, config: TrainConfig) -> tuple[nn.Module, nn.Module]:
-    """Fresh fp32 copies of both trained nets, for the export (call on every rank)."""
-    nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
-    nets.generator.load_state_dict(full_precision_state(parts.generator))
-    nets.discriminator.load_state_dict(full_precision_state(parts.discriminator))
-    return nets.generator, nets.discriminator
+class DeepSpeedBackend(Backend):
+    """One DeepSpeed engine per net: the engine runs backward and step, and its gradient-norm
+    check is the non-finite guard."""
 
+    name, label = "deepspeed", "DeepSpeed"
+    channels_last_parameters = False
 
-def checkpoint_facts(parts: Trainables) -> dict:
-    """What a resume must match: ZeRO optimiser partitions are cut per process."""
-    return {
-        "processes": parts.accelerator.num_processes,
-        "zero_stage": int(parts.generator.zero_optimization_stage()),
-    }
+    @classmethod
+    def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:
+        return make_accelerator(run, use_cpu)
 
-
-def save_engines(parts: Trainables, directory: Path) -> None:
-    """Both engines into `directory`/{generator,discriminator}/ (collective; explicit tags, so
-    neither overwrites the other's `latest`)."""
-    for name in NET_NAMES:
-        getattr(parts, name).save_checkpoint(str(directory), tag=name, save_latest=False)
-
-
-def load_engines(parts: Trainables, directory: Path, saved: dict) -> None:
-    """Restore both engines (weights, fp32 masters, optimiser state) from `directory` (collective)."""
-    current = checkpoint_facts(parts)
-    if saved != current:
-        raise UserError(
-            f"{directory} was saved by DeepSpeed with {saved}, this run has {current}: "
-            "resume with the same process count and ZeRO stage, or use a new run.dir"
+    def prepare(
+        self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
+    ) -> TrainState:
+        """One engine (and optimiser wrapper) per net, each from its own plugin."""
+        accelerator, prepared = self.accelerator, []
+        for name, net, optimizer in zip(
+            NET_NAMES, (nets.generator, nets.discriminator), optimizers, strict=True
+        ):
+            accelerator.state.select_deepspeed_plugin(name)
+            set_batch_geometry(
+                accelerator.state.deepspeed_plugin, config, accelerator.num_processes
+            )
+            engine, wrapper = accelerator.prepare(net, optimizer)
+            _cast_at_the_boundary(engine.module)
+            engine.checkpoint_engine = SafeCheckpointEngine(engine._config)
+            prepared.append((engine, wrapper))
+        accelerator.state.select_deepspeed_plugin("generator")
+        (generator, generator_optimizer), (discriminator, discriminator_optimizer) = prepared
+        return TrainState(
+            self, generator, discriminator, generator_optimizer, discriminator_optimizer
         )
-    for name in NET_NAMES:
-        load_path, _ = getattr(parts, name).load_checkpoint(str(directory), tag=name)
-        if load_path is None:
-            raise UserError(f"{directory / name}: DeepSpeed found no checkpoint to load")
+
+    def forward_backward(
+        self, model: nn.Module, loss_fn: Callable[[], Losses], scale: float, last: bool
+    ) -> Losses:
+        values = loss_fn()
+        model.backward(values["loss"] * scale, scale_wrt_gas=False)
+        model.step()  # counts the micro-batch; the optimiser runs at the accumulation boundary
+        return values
+
+    def apply_update(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
+    ) -> bool:
+        # The engine has stepped at the boundary, or skipped (and cleared) non-finite gradients.
+        return model.was_step_applied()
+
+    def clamp_(self, model: nn.Module, limit: float) -> None:
+        clamp_weights_(model, limit)
+
+    def save(self, state: TrainState, directory: Path) -> dict:
+        """Both engines into `directory`/{generator,discriminator}/ (explicit tags, so neither
+        overwrites the other's `latest`); every rank writes its optimiser partition."""
+        self.accelerator.wait_for_everyone()  # the directory exists before any rank writes
+        for name, engine in state.nets().items():
+            engine.save_checkpoint(str(directory), tag=name, save_latest=False)
+        self.accelerator.wait_for_everyone()
+        return self._facts(state)
+
+    def _facts(self, state: TrainState) -> dict:
+        """What a resume must match: ZeRO optimiser partitions are cut per process."""
+        return {
+            "processes": self.accelerator.num_processes,
+            "zero_stage": int(state.generator.zero_optimization_stage()),
+        }
+
+    def load(self, state: TrainState, directory: Path, facts: dict) -> None:
+        current = self._facts(state)
+        if facts != current:
+            raise UserError(
+                f"{directory} was saved by DeepSpeed with {facts}, this run has {current}: "
+                "resume with the same process count and ZeRO stage, or use a new run.dir"
+            )
+        for name, engine in state.nets().items():
+            load_path, _ = engine.load_checkpoint(str(directory), tag=name)
+            if load_path is None:
+                raise UserError(f"{directory / name}: DeepSpeed found no checkpoint to load")
+
+    def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
+        """Fresh fp32 copies of both nets holding the engines' fp32 master weights."""
+        nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
+        nets.generator.load_state_dict(full_precision_state(state.generator))
+        nets.discriminator.load_state_dict(full_precision_state(state.discriminator))
+        return nets

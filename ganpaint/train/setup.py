@@ -1,7 +1,7 @@
-"""Building what the loop trains: the Accelerator, the nets and their optimisers, prepared together.
+"""Building what the loop trains: the backend (Accelerator + engine), the nets and optimisers.
 
-DDP prepares both nets in one call; DeepSpeed (the launcher's ACCELERATE_USE_DEEPSPEED=true, or
-run.deepspeed_config) gets one engine per net from ganpaint/train/deepspeed.py.
+DDP is the default backend; DeepSpeed is chosen by the launcher (ACCELERATE_USE_DEEPSPEED=true,
+e.g. launch/deepspeed_zero2.yaml) or by run.deepspeed_config, and imported only then.
 """
 
 from __future__ import annotations
@@ -9,44 +9,13 @@ from __future__ import annotations
 import os
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
-from ganpaint.models import build_nets
-from ganpaint.train.steps import Trainables
-
-
-def make_accelerator(run: RunConfig) -> Accelerator:
-    """One Accelerator per process; CPU when asked or when no GPU is present."""
-    use_cpu = run.cpu or not torch.cuda.is_available()
-    if use_cpu and run.mixed_precision == "fp16":
-        raise ConfigError("config key 'run.mixed_precision': fp16 needs a GPU; use bf16 on the CPU")
-    if use_cpu and run.sync_batchnorm and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise ConfigError(
-            "config key 'run.sync_batchnorm': SyncBatchNorm needs GPUs (torch "
-            "supports it only for CUDA modules)"
-        )
-    if deepspeed_requested(run):
-        accelerator = _deepspeed_module(run).make_accelerator(run, use_cpu)
-    else:
-        # broadcast_buffers: BN running statistics follow rank 0 (the DDP default), so every rank
-        # validates and exports the same net; run.sync_batchnorm makes the batch statistics global.
-        accelerator = Accelerator(
-            cpu=use_cpu,
-            mixed_precision="no" if run.mixed_precision == "fp32" else run.mixed_precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=True)],
-        )
-    # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
-    # unsynchronised single processes: refuse that instead of training N separate models.
-    expected = int(os.environ.get("WORLD_SIZE", 1))
-    if accelerator.num_processes != expected:
-        raise ConfigError(
-            f"accelerate started {accelerator.num_processes} process(es) but "
-            f"WORLD_SIZE is {expected}: check the launch configuration"
-        )
-    return accelerator
+from ganpaint.models import build_nets, registry
+from ganpaint.train.backend import Backend, DDPBackend, TrainState
+from ganpaint.train.steps import StepSettings
 
 
 def deepspeed_requested(run: RunConfig) -> bool:
@@ -56,17 +25,41 @@ def deepspeed_requested(run: RunConfig) -> bool:
     return launcher or bool(run.deepspeed_config)
 
 
-def _deepspeed_module(run: RunConfig):
-    """ganpaint.train.deepspeed, imported only when asked for (it imports deepspeed itself)."""
-    try:
-        from ganpaint.train import deepspeed
+def _backend_class(run: RunConfig) -> type[Backend]:
+    if not deepspeed_requested(run):
+        return DDPBackend
+    try:  # optional dependency: imported only when asked for
+        from ganpaint.train.deepspeed import DeepSpeedBackend
     except ImportError as error:
         raise ConfigError(
             f"DeepSpeed was requested (ACCELERATE_USE_DEEPSPEED or "
             f"run.deepspeed_config={run.deepspeed_config!r}) but cannot be imported "
             f"({error}): pip install deepspeed"
         ) from None
-    return deepspeed
+    return DeepSpeedBackend
+
+
+def make_backend(run: RunConfig) -> Backend:
+    """One backend (and Accelerator) per process; CPU when asked or when no GPU is present."""
+    use_cpu = run.cpu or not torch.cuda.is_available()
+    if use_cpu and run.mixed_precision == "fp16":
+        raise ConfigError("config key 'run.mixed_precision': fp16 needs a GPU; use bf16 on the CPU")
+    if use_cpu and run.sync_batchnorm and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError(
+            "config key 'run.sync_batchnorm': SyncBatchNorm needs GPUs (torch "
+            "supports it only for CUDA modules)"
+        )
+    backend_class = _backend_class(run)
+    accelerator = backend_class.make_accelerator(run, use_cpu)
+    # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
+    # unsynchronised single processes: refuse that instead of training N separate models.
+    expected = int(os.environ.get("WORLD_SIZE", 1))
+    if accelerator.num_processes != expected:
+        raise ConfigError(
+            f"accelerate started {accelerator.num_processes} process(es) but "
+            f"WORLD_SIZE is {expected}: check the launch configuration"
+        )
+    return backend_class(accelerator)
 
 
 def build_optimizer(name: str, parameters, lr: float, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -85,48 +78,41 @@ def critic_clamp(config: TrainConfig) -> float:
     return 0.03 if config.schedule.critic_steps > 1 else 0.05
 
 
-def build_trainables(
-    config: TrainConfig, accelerator: Accelerator, fill_rgb: torch.Tensor
-) -> Trainables:
-    """Nets (channels_last, SyncBatchNorm, torch.compile as configured) and optimisers, prepared."""
+def build_state(config: TrainConfig, backend: Backend) -> TrainState:
+    """Nets (SyncBatchNorm, channels_last, torch.compile as configured) and optimisers, prepared
+    by the backend."""
     set_seed(config.run.seed)  # same initial weights on every rank and in every re-run
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
-    generator, discriminator = nets.generator, nets.discriminator
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if config.run.sync_batchnorm and accelerator.num_processes > 1:
-        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
-    # DeepSpeed needs contiguous parameters (it broadcasts them as bytes, then flattens them into
-    # its buffers); channels_last inputs still select the channels_last convolution kernels.
-    if config.run.channels_last and not deepspeed:
-        generator = generator.to(memory_format=torch.channels_last)
-        discriminator = discriminator.to(memory_format=torch.channels_last)
+    if config.run.sync_batchnorm and backend.accelerator.num_processes > 1:
+        nets.generator = nn.SyncBatchNorm.convert_sync_batchnorm(nets.generator)
+        nets.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(nets.discriminator)
+    # Where the backend keeps parameters contiguous, channels_last inputs still select the
+    # channels_last convolution kernels.
+    if config.run.channels_last and backend.channels_last_parameters:
+        nets.generator = nets.generator.to(memory_format=torch.channels_last)
+        nets.discriminator = nets.discriminator.to(memory_format=torch.channels_last)
     optim = config.optim
-    generator_optimizer = build_optimizer(
-        optim.generator, generator.parameters(), optim.generator_lr, optim
-    )
-    discriminator_optimizer = build_optimizer(
-        optim.discriminator, discriminator.parameters(), optim.discriminator_lr, optim
+    optimizers = (
+        build_optimizer(optim.generator, nets.generator.parameters(), optim.generator_lr, optim),
+        build_optimizer(
+            optim.discriminator, nets.discriminator.parameters(), optim.discriminator_lr, optim
+        ),
     )
     if config.run.compile:
-        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
-    prepared = (generator, discriminator, generator_optimizer, discriminator_optimizer)
-    if deepspeed:
-        prepared = _deepspeed_module(config.run).prepare(config, accelerator, *prepared)
-    else:
-        prepared = accelerator.prepare(*prepared)
-    generator, discriminator, generator_optimizer, discriminator_optimizer = prepared
-    return Trainables(
-        accelerator=accelerator,
-        generator=generator,
-        discriminator=discriminator,
-        generator_optimizer=generator_optimizer,
-        discriminator_optimizer=discriminator_optimizer,
+        nets.generator = torch.compile(nets.generator)
+        nets.discriminator = torch.compile(nets.discriminator)
+    return backend.prepare(config, nets, optimizers)
+
+
+def step_settings(
+    config: TrainConfig, fill_rgb: torch.Tensor, device: torch.device
+) -> StepSettings:
+    """What the step functions need besides the state, fixed for the run."""
+    return StepSettings(
+        family=registry.get(config.model.family),
         loss=config.loss,
         local_px=config.masks.local_px,
-        fill_rgb=fill_rgb.to(accelerator.device),
+        fill_rgb=fill_rgb.to(device),
         critic_clamp=critic_clamp(config),
-        accumulation=optim.grad_accum_steps,
-        global_and_local=config.model.family == "glcic",
-        deepspeed=deepspeed,
+        accumulation=config.optim.grad_accum_steps,
     )

@@ -1,11 +1,10 @@
 """One function per phase kind: a training step on a batch, returning its detached losses.
 
-A step receives the prepared nets and optimisers (`Trainables`) and a list of micro-batches (more
-than one under gradient accumulation; WGAN takes `critic_steps` groups of them). It updates the
-net(s) of its phase and returns a dict of scalar tensors, still on the device: nothing here waits
-for the GPU except the non-finite guard, which must agree across ranks before an optimiser steps.
-Under DeepSpeed the nets are engines that run their own backward and optimiser step, and the
-engine's gradient-norm check is the guard (ganpaint/train/deepspeed.py).
+A step receives what training changes (`TrainState`: nets, optimisers, health), what stays fixed
+(`StepSettings`: family, loss weights, geometry, hole fill) and a list of micro-batches (more than
+one under gradient accumulation; WGAN takes `critic_steps` groups of them). It updates the net(s)
+of its phase through the backend (ganpaint/train/backend.py: DDP or DeepSpeed, never asked which)
+and returns a dict of scalar tensors, still on the device.
 
 Logit conventions (DESIGN.md): discriminators return logits; adversarial losses are BCE-with-logits.
 For the generator's adversarial term the discriminator is called unwrapped (no DDP hooks) with its
@@ -15,19 +14,18 @@ parameters frozen, so its gradients are neither computed nor all-reduced.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from ganpaint import losses
 from ganpaint.completion import complete
 from ganpaint.config import LossConfig
 from ganpaint.data.masks import crop_local
-
-Losses = dict[str, torch.Tensor]
+from ganpaint.models import Family, StepKind
+from ganpaint.train.backend import Losses, TrainState
 
 
 @dataclass
@@ -35,36 +33,19 @@ class Batch:
     images: torch.Tensor  # [N,3,H,W] float in [0,1] on the device
     hole_mask: torch.Tensor  # [N,1,H,W] float, 1 = hole
     local_origin: torch.Tensor  # [N,2] long, (top, left) of each local area
-    latent: torch.Tensor | None = None  # dcgan: z [N, latent_dim]
+    latent: torch.Tensor | None = None  # generation families: z [N, latent_dim]
 
 
-@dataclass
-class Health:
-    """Non-finite losses seen so far: updates skipped in all, in a row, and the last culprit."""
+@dataclass(frozen=True)
+class StepSettings:
+    """What a step needs besides the state, fixed for the whole run."""
 
-    skipped: int = 0
-    in_a_row: int = 0
-    last_bad: str = ""
-
-
-@dataclass
-class Trainables:
-    accelerator: Accelerator
-    generator: nn.Module  # prepared: DDP-wrapped when distributed, or a DeepSpeed engine
-    discriminator: nn.Module
-    generator_optimizer: torch.optim.Optimizer
-    discriminator_optimizer: torch.optim.Optimizer
+    family: Family
     loss: LossConfig
     local_px: int
     fill_rgb: torch.Tensor  # [3] on the device
-    critic_clamp: float  # wgan weight clamp
+    critic_clamp: float  # WGAN weight clamp
     accumulation: int = 1  # micro-batches per optimiser update
-    global_and_local: bool = False  # GLCIC: D(image, local_patch); else D(local_patch)
-    deepspeed: bool = False  # the nets are DeepSpeed engines (one per net)
-    health: Health = field(default_factory=Health)
-
-    def __post_init__(self) -> None:
-        self.plain_discriminator = self.accelerator.unwrap_model(self.discriminator)
 
 
 @contextmanager
@@ -81,176 +62,106 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 def _update(
-    parts: Trainables,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    name: str,
+    state: TrainState,
+    net: str,
     micro_batches: list[Batch],
     loss_fn: Callable[[Batch], Losses],
 ) -> Losses:
-    """Backward `loss_fn(batch)["loss"]` over micro-batches, then step unless it is non-finite.
+    """Backward `loss_fn(batch)["loss"]` over micro-batches into `net` ("generator" or
+    "discriminator"), then step its optimiser unless the loss is non-finite (counted in health).
 
-    DDP gradients are all-reduced on the last micro-batch only. Under fp16 the scaler may also skip
-    a step (gradient overflow): that is routine loss scaling, not counted as a bad step. A DeepSpeed
-    engine skips (and this counts) an update whose gradients are non-finite.
+    Gradients are synchronised on the last micro-batch only. Under fp16 the scaler may also skip a
+    step (gradient overflow): that is routine loss scaling, not counted as a bad step.
     """
+    model, optimizer = state.nets()[net], state.optimizers()[net]
     count = len(micro_batches)
     totals: Losses = {}
     for index, batch in enumerate(micro_batches):
-        values = _backward(parts, model, loss_fn, batch, count, last=index == count - 1)
+        values = state.backend.forward_backward(
+            model, lambda batch=batch: loss_fn(batch), 1 / count, last=index == count - 1
+        )
         for key, value in values.items():
             totals[key] = totals.get(key, 0) + value.detach().float() / count
-    if _step(parts, model, optimizer, totals["loss"]):
-        parts.health.in_a_row = 0
+    if state.backend.apply_update(model, optimizer, totals["loss"]):
+        state.health.in_a_row = 0
     else:
-        parts.health.skipped += 1
-        parts.health.in_a_row += 1
-        parts.health.last_bad = name
-    return {f"{name}_{key}": value for key, value in totals.items()}
+        state.health.skipped += 1
+        state.health.in_a_row += 1
+        state.health.last_bad = net
+    return {f"{net}_{key}": value for key, value in totals.items()}
 
 
-def _backward(
-    parts: Trainables,
-    model: nn.Module,
-    loss_fn: Callable[[Batch], Losses],
-    batch: Batch,
-    count: int,
-    last: bool,
-) -> Losses:
-    """Forward and backward of one micro-batch, its loss scaled by 1 / count."""
-    if parts.deepspeed:
-        values = loss_fn(batch)
-        model.backward(values["loss"] / count, scale_wrt_gas=False)
-        model.step()  # counts the micro-batch; the optimiser runs at the accumulation boundary
-        return values
-    accelerator = parts.accelerator
-    with nullcontext() if last else accelerator.no_sync(model):
-        with accelerator.autocast():
-            values = loss_fn(batch)
-        accelerator.backward(values["loss"] / count)
-    return values
+def _complete(
+    state: TrainState, settings: StepSettings, batch: Batch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return complete(
+        state.generator,
+        batch.images,
+        batch.hole_mask,
+        settings.fill_rgb,
+        settings.family.predicts_center,
+    )
 
 
-def _step(
-    parts: Trainables, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
-) -> bool:
-    """Apply the accumulated gradients unless the loss is non-finite; True if applied."""
-    if parts.deepspeed:
-        # The engine has stepped at the boundary, or skipped (and cleared) non-finite gradients.
-        return model.was_step_applied()
-    finite = _all_finite(parts, loss)
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return finite
-
-
-def _clamp_critic(parts: Trainables) -> None:
-    """WGAN weight clipping after a critic update (DeepSpeed: of its fp32 masters too)."""
-    if parts.deepspeed:
-        from ganpaint.train import deepspeed
-
-        deepspeed.clamp_weights_(parts.discriminator, parts.critic_clamp)
-    else:
-        losses.clamp_weights_(parts.plain_discriminator, parts.critic_clamp)
-
-
-def _all_finite(parts: Trainables, loss: torch.Tensor) -> bool:
-    # The one host sync of a step: every rank must take the same decision or DDP diverges.
-    flag = torch.isfinite(loss).float().reshape(1)
-    if parts.accelerator.num_processes > 1:
-        flag = parts.accelerator.reduce(flag, reduction="sum")
-    return int(flag.item()) == parts.accelerator.num_processes
-
-
-def _reconstruction(parts: Trainables, prediction: torch.Tensor, batch: Batch) -> torch.Tensor:
+def _reconstruction(settings: StepSettings, prediction: torch.Tensor, batch: Batch) -> torch.Tensor:
     """The masked MSE, or Context Encoders' overlap-weighted one when loss.overlap_px > 0."""
-    loss = parts.loss
+    loss = settings.loss
     return losses.overlap_mse(
         prediction, batch.images, batch.hole_mask, loss.overlap_px, loss.overlap_weight
     )
 
 
-def _complete(parts: Trainables, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    return complete(parts.generator, batch.images, batch.hole_mask, parts.fill_rgb)
-
-
 def _judge(
-    parts: Trainables, discriminator: nn.Module, images: torch.Tensor, origin: torch.Tensor
+    settings: StepSettings, discriminator: nn.Module, images: torch.Tensor, origin: torch.Tensor
 ) -> torch.Tensor:
-    """Discriminator logits for images: GLCIC sees image + local patch, the others the patch only."""
-    local_patch = crop_local(images, origin, parts.local_px)
-    if parts.global_and_local:
-        return discriminator(images, local_patch)
-    return discriminator(local_patch)
+    """Discriminator logits for images, fed as the family declares (image + local patch, or the
+    local patch alone)."""
+    local_patch = crop_local(images, origin, settings.local_px)
+    return discriminator(*settings.family.judge_inputs(images, local_patch))
 
 
-def _discriminator_losses(parts: Trainables, batch: Batch, fake: torch.Tensor) -> Losses:
-    real_logits = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
-    fake_logits = _judge(parts, parts.discriminator, fake, batch.local_origin)
-    loss = losses.discriminator_bce(real_logits, fake_logits, parts.loss.label_smoothing)
-    return {"loss": loss, "real_logit": real_logits.mean(), "fake_logit": fake_logits.mean()}
+def _real_and_fake(
+    state: TrainState, settings: StepSettings, batch: Batch, fake: torch.Tensor, wasserstein: bool
+) -> Losses:
+    """The discriminator's (or critic's) loss on real images against `fake` ones."""
+    real = _judge(settings, state.discriminator, batch.images, batch.local_origin)
+    fake = _judge(settings, state.discriminator, fake, batch.local_origin)
+    if wasserstein:
+        loss = losses.wgan_critic_loss(real, fake)
+        return {"loss": loss, "real_score": real.mean(), "fake_score": fake.mean()}
+    loss = losses.discriminator_bce(real, fake, settings.loss.label_smoothing)
+    return {"loss": loss, "real_logit": real.mean(), "fake_logit": fake.mean()}
 
 
-def reconstruction_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
+def completion_step(
+    state: TrainState, settings: StepSettings, micro_batches: list[Batch]
+) -> Losses:
     """GLCIC phase 1: the completion network alone on the masked MSE (paper eq. 1)."""
 
     def loss_fn(batch: Batch) -> Losses:
-        prediction, _ = _complete(parts, batch)
-        mse = _reconstruction(parts, prediction, batch)
-        return {"loss": parts.loss.reconstruction_weight * mse, "mse": mse}
+        prediction, _ = _complete(state, settings, batch)
+        mse = _reconstruction(settings, prediction, batch)
+        return {"loss": settings.loss.reconstruction_weight * mse, "mse": mse}
 
-    return _update(parts, parts.generator, parts.generator_optimizer, "g", micro_batches, loss_fn)
+    return _update(state, "generator", micro_batches, loss_fn)
 
 
-def discriminator_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
+def discriminator_step(
+    state: TrainState, settings: StepSettings, micro_batches: list[Batch]
+) -> Losses:
     """GLCIC phase 2: the discriminators alone against the fixed completion network."""
 
     def loss_fn(batch: Batch) -> Losses:
         with torch.no_grad():
-            _, completed = _complete(parts, batch)
-        return _discriminator_losses(parts, batch, completed)
+            _, completed = _complete(state, settings, batch)
+        return _real_and_fake(state, settings, batch, completed, wasserstein=False)
 
-    return _update(
-        parts, parts.discriminator, parts.discriminator_optimizer, "d", micro_batches, loss_fn
-    )
+    return _update(state, "discriminator", micro_batches, loss_fn)
 
 
-def _critic_losses(parts: Trainables, batch: Batch, fake: torch.Tensor) -> Losses:
-    real_scores = _judge(parts, parts.discriminator, batch.images, batch.local_origin)
-    fake_scores = _judge(parts, parts.discriminator, fake, batch.local_origin)
-    return {
-        "loss": losses.wgan_critic_loss(real_scores, fake_scores),
-        "real_score": real_scores.mean(),
-        "fake_score": fake_scores.mean(),
-    }
-
-
-def _discriminator_then_generator(
-    parts: Trainables,
-    micro_batches: list[Batch],
-    discriminator_loss: Callable[[Batch], Losses],
-    generator_loss: Callable[[Batch], Losses],
-    clamp_critic: bool = False,
+def _inpainting_joint(
+    state: TrainState, settings: StepSettings, micro_batches: list[Batch], wasserstein: bool
 ) -> Losses:
-    """The adversarial pair of updates every joint step makes, in this order."""
-    result = _update(
-        parts,
-        parts.discriminator,
-        parts.discriminator_optimizer,
-        "d",
-        micro_batches,
-        discriminator_loss,
-    )
-    if clamp_critic:
-        _clamp_critic(parts)
-    generator_update = _update(
-        parts, parts.generator, parts.generator_optimizer, "g", micro_batches, generator_loss
-    )
-    return {**result, **generator_update}
-
-
-def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein: bool) -> Losses:
     """D (or critic) update on completed images, then G on reconstruction + weighted adversarial.
 
     Without accumulation the generator's forward pass is made once and reused by both updates
@@ -261,98 +172,95 @@ def _inpainting_joint(parts: Trainables, micro_batches: list[Batch], wasserstein
 
     def discriminator_loss(batch: Batch) -> Losses:
         with torch.set_grad_enabled(reuse):
-            stash[id(batch)] = _complete(parts, batch)
+            stash[id(batch)] = _complete(state, settings, batch)
         fake = stash[id(batch)][1].detach()
-        if wasserstein:
-            return _critic_losses(parts, batch, fake)
-        return _discriminator_losses(parts, batch, fake)
+        return _real_and_fake(state, settings, batch, fake, wasserstein)
 
     def generator_loss(batch: Batch) -> Losses:
-        prediction, completed = stash.pop(id(batch)) if reuse else _complete(parts, batch)
-        mse = _reconstruction(parts, prediction, batch)
-        with frozen(parts.plain_discriminator):
-            fake = _judge(parts, parts.plain_discriminator, completed, batch.local_origin)
+        if reuse:
+            prediction, completed = stash.pop(id(batch))
+        else:
+            prediction, completed = _complete(state, settings, batch)
+        mse = _reconstruction(settings, prediction, batch)
+        with frozen(state.plain_discriminator):
+            fake = _judge(settings, state.plain_discriminator, completed, batch.local_origin)
         adversarial = (
             losses.wgan_generator_loss(fake) if wasserstein else losses.generator_bce(fake)
         )
-        loss = parts.loss.reconstruction_weight * mse + parts.loss.adversarial_weight * adversarial
+        loss = losses.inpainting_generator_loss(
+            mse, adversarial, settings.loss.adversarial_weight, settings.loss.reconstruction_weight
+        )
         return {"loss": loss, "mse": mse, "adversarial": adversarial}
 
-    return _discriminator_then_generator(
-        parts, micro_batches, discriminator_loss, generator_loss, clamp_critic=wasserstein
-    )
+    result = _update(state, "discriminator", micro_batches, discriminator_loss)
+    if wasserstein:
+        state.backend.clamp_(state.discriminator, settings.critic_clamp)
+    return {**result, **_update(state, "generator", micro_batches, generator_loss)}
 
 
-def glcic_joint_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
-    """GLCIC phase 3: D on real vs completed, then C on MSE + alpha * BCE (paper eq. 2)."""
-    return _inpainting_joint(parts, micro_batches, wasserstein=False)
+def adversarial_step(
+    state: TrainState, settings: StepSettings, micro_batches: list[Batch]
+) -> Losses:
+    """GLCIC phase 3 (paper eq. 2) and Context Encoder: D on real vs completed, then G on
+    lambda_rec * MSE + lambda_adv * BCE."""
+    return _inpainting_joint(state, settings, micro_batches, wasserstein=False)
 
 
-def adversarial_joint_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
-    """Context Encoder: D on the centre patch, G on lambda_rec * L2 + lambda_adv * BCE."""
-    return _inpainting_joint(parts, micro_batches, wasserstein=False)
-
-
-def wgan_joint_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
+def critic_step(state: TrainState, settings: StepSettings, micro_batches: list[Batch]) -> Losses:
     """WGAN U-Net: `critic_steps` clamped critic updates (one micro-batch group each), then G.
 
     The generator update reuses the last group, so the batches per step are critic_steps groups.
     """
-    size = parts.accumulation
+    size = settings.accumulation
     groups = [micro_batches[i : i + size] for i in range(0, len(micro_batches), size)]
+
+    def critic_only(batch: Batch) -> Losses:
+        with torch.no_grad():
+            _, completed = _complete(state, settings, batch)
+        return _real_and_fake(state, settings, batch, completed, wasserstein=True)
+
     result: Losses = {}
     for group in groups[:-1]:
-        result = _update(
-            parts,
-            parts.discriminator,
-            parts.discriminator_optimizer,
-            "d",
-            group,
-            lambda batch: _critic_only(parts, batch),
-        )
-        _clamp_critic(parts)
-    joint = _inpainting_joint(parts, groups[-1], wasserstein=True)
-    return {**result, **joint}
+        result = _update(state, "discriminator", group, critic_only)
+        state.backend.clamp_(state.discriminator, settings.critic_clamp)
+    return {**result, **_inpainting_joint(state, settings, groups[-1], wasserstein=True)}
 
 
-def _critic_only(parts: Trainables, batch: Batch) -> Losses:
-    with torch.no_grad():
-        _, completed = _complete(parts, batch)
-    return _critic_losses(parts, batch, completed)
-
-
-def dcgan_step(parts: Trainables, micro_batches: list[Batch]) -> Losses:
+def generation_step(
+    state: TrainState, settings: StepSettings, micro_batches: list[Batch]
+) -> Losses:
     """DCGAN: D on real vs generated faces (separate batches, as Radford et al.), then G."""
     reuse = len(micro_batches) == 1
     stash: dict[int, torch.Tensor] = {}
 
     def discriminator_loss(batch: Batch) -> Losses:
         with torch.set_grad_enabled(reuse):
-            stash[id(batch)] = parts.generator(batch.latent)
-        real_logits = parts.discriminator(batch.images)
-        fake_logits = parts.discriminator(stash[id(batch)].detach())
-        loss = losses.discriminator_bce(real_logits, fake_logits, parts.loss.label_smoothing)
+            stash[id(batch)] = state.generator(batch.latent)
+        real_logits = state.discriminator(batch.images)
+        fake_logits = state.discriminator(stash[id(batch)].detach())
+        loss = losses.discriminator_bce(real_logits, fake_logits, settings.loss.label_smoothing)
         return {"loss": loss, "real_logit": real_logits.mean(), "fake_logit": fake_logits.mean()}
 
     def generator_loss(batch: Batch) -> Losses:
-        fake = stash.pop(id(batch)) if reuse else parts.generator(batch.latent)
-        with frozen(parts.plain_discriminator):
-            adversarial = losses.generator_bce(parts.plain_discriminator(fake))
+        fake = stash.pop(id(batch)) if reuse else state.generator(batch.latent)
+        with frozen(state.plain_discriminator):
+            adversarial = losses.generator_bce(state.plain_discriminator(fake))
         return {"loss": adversarial}
 
-    return _discriminator_then_generator(parts, micro_batches, discriminator_loss, generator_loss)
+    result = _update(state, "discriminator", micro_batches, discriminator_loss)
+    return {**result, **_update(state, "generator", micro_batches, generator_loss)}
 
 
-STEP_FUNCTIONS: dict[str, Callable[[Trainables, list[Batch]], Losses]] = {
-    "reconstruction": reconstruction_step,
-    "discriminator": discriminator_step,
-    "glcic_joint": glcic_joint_step,
-    "adversarial_joint": adversarial_joint_step,
-    "wgan_joint": wgan_joint_step,
-    "dcgan": dcgan_step,
+StepFunction = Callable[[TrainState, StepSettings, list[Batch]], Losses]
+STEP_FUNCTIONS: dict[StepKind, StepFunction] = {
+    StepKind.COMPLETION: completion_step,
+    StepKind.DISCRIMINATOR: discriminator_step,
+    StepKind.ADVERSARIAL: adversarial_step,
+    StepKind.CRITIC: critic_step,
+    StepKind.GENERATION: generation_step,
 }
 
 
-def batches_per_step(kind: str, critic_steps: int) -> int:
-    """Micro-batch groups a step of this kind consumes (WGAN: one per critic update)."""
-    return critic_steps if kind == "wgan_joint" else 1
+def micro_batches_per_step(kind: StepKind, critic_steps: int, accumulation: int) -> int:
+    """Micro-batches a step of this kind consumes (WGAN: one group per critic update)."""
+    return (critic_steps if kind is StepKind.CRITIC else 1) * accumulation

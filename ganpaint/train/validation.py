@@ -19,6 +19,7 @@ from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import val_batch
 from ganpaint.eval.metrics import psnr
 from ganpaint.models.layers import evaluating
+from ganpaint.train.steps import StepSettings
 
 VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training step's holes
 
@@ -31,7 +32,7 @@ class ValidationSet:
     fill_name: str = "mean"  # model.hole_fill: names the baseline's scalar
 
 
-def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
+def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
     images = val_batch(config.data, config.data.val_images).to(device).float() / 255
     count = images.shape[0]
     seed = config.run.seed + VALIDATION_SEED_OFFSET
@@ -48,18 +49,21 @@ def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
 
 
 @torch.no_grad()
-def validate(
-    generator: nn.Module, family: str, fill_rgb: torch.Tensor, validation: ValidationSet
+def run_validation(
+    generator: nn.Module, settings: StepSettings, validation: ValidationSet
 ) -> tuple[dict[str, float], torch.Tensor]:
     """(scalars, grid): hole PSNR of the net ("val/hole_psnr") and of its hole fill alone
     (`baseline_key`); rows original | input | output | composited (inpainting) or a grid of
-    fixed-latent samples (dcgan)."""
+    fixed-latent samples (generation families)."""
+    fill_rgb = settings.fill_rgb
     with evaluating(generator):
-        if family == "dcgan":
+        if not settings.family.inpaints:
             samples = generator(validation.latent).float()
             return {}, make_grid(samples, nrow=8)
         images, hole_mask = validation.images, validation.hole_mask
-        prediction, completed = complete(generator, images, hole_mask, fill_rgb)
+        prediction, completed = complete(
+            generator, images, hole_mask, fill_rgb, settings.family.predicts_center
+        )
         masked_input = fill_holes(images, hole_mask, fill_rgb)
     # The same hole PSNR as `ganpaint eval` (per image over its hole, then the mean).
     scalars = {

@@ -15,9 +15,10 @@ from safetensors.torch import save_file
 
 from ganpaint import config as config_lib
 from ganpaint.data.masks import hole_generator, make_holes
+from ganpaint.models.layers import plain_module
 from ganpaint.train.distributed import shutdown
 from ganpaint.train.schedule import phases
-from ganpaint.train.setup import build_trainables, make_accelerator
+from ganpaint.train.setup import build_state, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS, Batch
 
 SLICES = 2  # the global batch is cut in this many slices: ranks, or accumulated micro-batches
@@ -63,27 +64,28 @@ def main(out: str, overrides: list[str]) -> None:
     world = int(os.environ.get("WORLD_SIZE", 1))
     accumulation = SLICES // world
     config = config_lib.load(None, TINY + [f"optim.grad_accum_steps={accumulation}"] + overrides)
-    accelerator = make_accelerator(config.run)
-    parts = build_trainables(config, accelerator, torch.full((3,), 0.5))
-    run_phases = phases("glcic", config.schedule)
-    initial = parameters(accelerator, parts)
+    backend = make_backend(config.run)
+    accelerator = backend.accelerator
+    state = build_state(config, backend)
+    settings = step_settings(config, torch.full((3,), 0.5), accelerator.device)
+    run_phases = phases(settings.family, config.schedule)
+    initial = parameters(state)
     for step, batch in enumerate(global_batch(config, config.schedule.total_steps)):
         kind = next(p.kind for p in run_phases if p.start_step <= step < p.end_step)
         if world == 1:
             micro_batches = [cut(batch, index, accelerator.device) for index in range(SLICES)]
         else:
             micro_batches = [cut(batch, accelerator.process_index, accelerator.device)]
-        STEP_FUNCTIONS[kind](parts, micro_batches)
+        STEP_FUNCTIONS[kind](state, settings, micro_batches)
     if accelerator.is_main_process:
-        final = parameters(accelerator, parts)
+        final = parameters(state)
         save_file({**final, **{f"initial.{key}": value for key, value in initial.items()}}, out)
 
 
-def parameters(accelerator, parts) -> dict[str, torch.Tensor]:
+def parameters(state) -> dict[str, torch.Tensor]:
     tensors = {}
-    for name in ("generator", "discriminator"):
-        module = accelerator.unwrap_model(getattr(parts, name))
-        for key, value in module.named_parameters():
+    for name, net in state.nets().items():
+        for key, value in plain_module(net).named_parameters():
             tensors[f"{name}.{key}"] = value.detach().cpu().clone().contiguous()
     return tensors
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ganpaint import config as config_lib
+from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
 from ganpaint.train.distributed import shutdown
 from ganpaint.train.loop import train
@@ -18,10 +19,10 @@ from ganpaint.train.loop import train
 real_save = checkpoint.save
 
 
-def save_and_digest(parts, run_dir, step, config, keep, extra=None):
+def save_and_digest(state, run_dir, step, config, keep, extra=None):
     digests = {}
-    for name in ("generator", "discriminator"):
-        module = parts.accelerator.unwrap_model(getattr(parts, name))
+    for name, net in state.nets().items():
+        module = plain_module(net)
         for kind, tensors in (
             ("parameters", module.named_parameters()),
             ("buffers", module.named_buffers()),
@@ -30,12 +31,12 @@ def save_and_digest(parts, run_dir, step, config, keep, extra=None):
             for key, tensor in sorted(tensors):
                 digest.update(key.encode() + tensor.detach().float().cpu().numpy().tobytes())
             digests[f"{name}_{kind}"] = digest.hexdigest()
-    rank = parts.accelerator.process_index
+    rank = state.accelerator.process_index
     with (Path(run_dir) / f"digest-rank{rank}.jsonl").open("a") as handle:
         handle.write(
-            json.dumps({"step": step, "world": parts.accelerator.num_processes, **digests}) + "\n"
+            json.dumps({"step": step, "world": state.accelerator.num_processes, **digests}) + "\n"
         )
-    return real_save(parts, run_dir, step, config, keep, extra)
+    return real_save(state, run_dir, step, config, keep, extra)
 
 
 checkpoint.save = save_and_digest

@@ -1,0 +1,203 @@
+"""The training backend: the few things a step, a checkpoint and the export ask of the engine.
+
+Two implementations share this interface: `DDPBackend` below (accelerate's DDP, and plain single
+process) and `DeepSpeedBackend` (ganpaint/train/deepspeed.py, one ZeRO engine per net). The step
+functions, the checkpoint module and the loop call these methods and never ask which one runs.
+
+`TrainState` is what training changes: the prepared nets and optimisers and the run's health
+counters. What stays fixed during a run (loss weights, geometry, hole fill) is `steps.StepSettings`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ganpaint import losses
+from ganpaint.config import RunConfig, TrainConfig
+from ganpaint.models import Nets
+from ganpaint.models.layers import cpu_state_dict, plain_module
+
+Losses = dict[str, torch.Tensor]
+NET_NAMES = ("generator", "discriminator")
+
+
+def accelerate_precision(run: RunConfig) -> str:
+    """accelerate's name for run.mixed_precision ("no" for fp32)."""
+    return "no" if run.mixed_precision == "fp32" else run.mixed_precision
+
+
+@dataclass
+class Health:
+    """Non-finite losses seen so far: updates skipped in all, in a row, and the last culprit."""
+
+    skipped: int = 0
+    in_a_row: int = 0
+    last_bad: str = ""
+
+
+@dataclass
+class TrainState:
+    """The prepared nets and optimisers (DDP-wrapped, DeepSpeed engines or plain) and health."""
+
+    backend: Backend
+    generator: nn.Module
+    discriminator: nn.Module
+    generator_optimizer: torch.optim.Optimizer
+    discriminator_optimizer: torch.optim.Optimizer
+    health: Health = field(default_factory=Health)
+
+    def __post_init__(self) -> None:
+        # Called without DDP hooks when the generator is judged: no gradient all-reduce for D.
+        self.plain_discriminator = plain_module(self.discriminator)
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self.backend.accelerator
+
+    def nets(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {
+            "generator": self.generator_optimizer,
+            "discriminator": self.discriminator_optimizer,
+        }
+
+
+class Backend(abc.ABC):
+    """One distributed engine. Every method that says so is a collective: call it on every rank."""
+
+    name: ClassVar[str]  # recorded in checkpoints
+    label: ClassVar[str]  # for messages
+    # DeepSpeed broadcasts and flattens parameters as bytes: they must stay contiguous.
+    channels_last_parameters: ClassVar[bool] = True
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+
+    @abc.abstractmethod
+    def prepare(
+        self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
+    ) -> TrainState:
+        """Wrap both nets and their optimisers for this engine."""
+
+    @abc.abstractmethod
+    def forward_backward(
+        self, model: nn.Module, loss_fn: Callable[[], Losses], scale: float, last: bool
+    ) -> Losses:
+        """Run `loss_fn()` and backpropagate its "loss" times `scale` into `model`'s gradients.
+
+        `last` marks the final micro-batch of an update (gradients are synchronised there)."""
+
+    @abc.abstractmethod
+    def apply_update(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
+    ) -> bool:
+        """Step the optimiser on the accumulated gradients unless they are non-finite (on any
+        rank); clear them. True if the update was applied."""
+
+    @abc.abstractmethod
+    def clamp_(self, model: nn.Module, limit: float) -> None:
+        """WGAN weight clipping of `model` to [-limit, limit] (collective)."""
+
+    @abc.abstractmethod
+    def save(self, state: TrainState, directory: Path) -> dict:
+        """Write nets and optimisers into `directory` (collective); returns the facts a resume
+        must match, recorded in the checkpoint's state.json."""
+
+    @abc.abstractmethod
+    def load(self, state: TrainState, directory: Path, facts: dict) -> None:
+        """Restore nets and optimisers from `directory` (collective); UserError if `facts` (from
+        `save`) do not fit this run."""
+
+    @abc.abstractmethod
+    def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
+        """Both nets with fp32 weights for the inference export (collective)."""
+
+
+class DDPBackend(Backend):
+    """accelerate's DDP (or one plain process): autocast, no_sync while accumulating, and a
+    non-finite guard that every rank agrees on before an optimiser steps."""
+
+    name, label = "ddp", "DDP"
+
+    @classmethod
+    def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:
+        # broadcast_buffers: BN running statistics follow rank 0 (the DDP default), so every rank
+        # validates and exports the same net; run.sync_batchnorm makes the batch statistics global.
+        return Accelerator(
+            cpu=use_cpu,
+            mixed_precision=accelerate_precision(run),
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=True)],
+        )
+
+    def prepare(
+        self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
+    ) -> TrainState:
+        prepared = self.accelerator.prepare(nets.generator, nets.discriminator, *optimizers)
+        return TrainState(self, *prepared)
+
+    def forward_backward(
+        self, model: nn.Module, loss_fn: Callable[[], Losses], scale: float, last: bool
+    ) -> Losses:
+        accelerator = self.accelerator
+        with nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                values = loss_fn()
+            accelerator.backward(values["loss"] * scale)
+        return values
+
+    def apply_update(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
+    ) -> bool:
+        finite = self._all_finite(loss)
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return finite
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        # The one host sync of a step: every rank must take the same decision or DDP diverges.
+        flag = torch.isfinite(loss).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        return int(flag.item()) == self.accelerator.num_processes
+
+    def clamp_(self, model: nn.Module, limit: float) -> None:
+        losses.clamp_weights_(plain_module(model), limit)
+
+    def save(self, state: TrainState, directory: Path) -> dict:
+        """Rank 0 writes both nets as safetensors and the optimisers (+ fp16 scaler) as tensors."""
+        if self.accelerator.is_main_process:
+            for name, model in state.nets().items():
+                save_file(cpu_state_dict(model), str(directory / f"{name}.safetensors"))
+            optimizers = {name: opt.state_dict() for name, opt in state.optimizers().items()}
+            if self.accelerator.scaler is not None:
+                optimizers["scaler"] = self.accelerator.scaler.state_dict()
+            torch.save(optimizers, directory / "optimizers.pt")
+        return {}
+
+    def load(self, state: TrainState, directory: Path, facts: dict) -> None:
+        for name, model in state.nets().items():
+            weights = load_file(str(directory / f"{name}.safetensors"), device="cpu")
+            plain_module(model).load_state_dict(weights)
+        # Optimizer.load_state_dict moves each state tensor to its parameter's device.
+        saved = torch.load(directory / "optimizers.pt", map_location="cpu", weights_only=True)
+        for name, optimizer in state.optimizers().items():
+            optimizer.load_state_dict(saved[name])
+        if self.accelerator.scaler is not None and "scaler" in saved:
+            self.accelerator.scaler.load_state_dict(saved["scaler"])
+
+    def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
+        return Nets(plain_module(state.generator), plain_module(state.discriminator))

@@ -1,0 +1,90 @@
+"""Micro-batches on the device for each training step: loader output, holes, latents.
+
+The training loop and `ganpaint bench` both draw their batches here, so what is timed is what
+trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ganpaint.config import TrainConfig, micro_batch_size
+from ganpaint.data.masks import hole_generator, make_holes
+from ganpaint.data.stream import train_loader
+from ganpaint.models import registry
+from ganpaint.train.schedule import Phase, phase_at
+from ganpaint.train.steps import Batch, micro_batches_per_step
+
+
+def device_batch(
+    config: TrainConfig, raw: torch.Tensor, generator: torch.Generator, device: torch.device
+) -> Batch:
+    """A loader batch (uint8 [N,3,H,W]) on the device as float in [0,1], with its holes (and
+    latents, for generation families) drawn there from `generator`. The layout change happens on
+    the uint8 tensor, a quarter of the bytes of the float one."""
+    memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
+    raw = raw.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    images = raw.float().div_(255)
+    count = images.shape[0]
+    holes = make_holes(config.masks, count, config.data.image_px, generator, device)
+    latent = None
+    if not registry.get(config.model.family).inpaints:
+        latent = torch.randn(count, config.model.latent_dim, generator=generator, device=device)
+    # hole_mask has one channel, so it is already channels_last-contiguous.
+    return Batch(images, holes.hole_mask, holes.local_origin, latent)
+
+
+class DataFeed:
+    """Micro-batches on the device for each step, in an order that depends only on the step.
+
+    The loader is rebuilt at every multiple of `checkpoint.every_steps` with that step as its seed,
+    so resuming from any checkpoint replays the exact stream: from a checkpoint inside a segment,
+    the batches of the segment's earlier steps are drawn and dropped.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        rank: int,
+        world: int,
+        device: torch.device,
+        run_phases: tuple[Phase, ...],
+    ):
+        self.config, self.run_phases = config, run_phases
+        self.rank, self.world, self.device = rank, world, device
+        self.local_batch = micro_batch_size(config, world)
+        self.segment = config.checkpoint.every_steps
+        self.stream: Iterator[torch.Tensor] | None = None
+
+    def _micro_batches(self, step: int) -> int:
+        kind = phase_at(step, self.run_phases).kind
+        return micro_batches_per_step(
+            kind, self.config.schedule.critic_steps, self.config.optim.grad_accum_steps
+        )
+
+    def _open(self, segment_start: int) -> None:
+        self.stream = iter(
+            train_loader(
+                self.config.data,
+                self.local_batch,
+                self.rank,
+                self.world,
+                self.config.run.seed,
+                segment_start,
+            )
+        )
+
+    def batches(self, step: int) -> list[Batch]:
+        if self.stream is None or step % self.segment == 0:
+            segment_start = step - step % self.segment
+            self._open(segment_start)
+            for earlier in range(segment_start, step):
+                for _ in range(self._micro_batches(earlier)):
+                    next(self.stream)
+        generator = hole_generator(self.config.run.seed, self.rank, step, self.device)
+        return [
+            device_batch(self.config, next(self.stream), generator, self.device)
+            for _ in range(self._micro_batches(step))
+        ]
