@@ -53,6 +53,11 @@ class SyntheticFeed:
         raw = torch.randint(
             0, 256, (local_batch, 3, px, px), dtype=torch.uint8, device=device, generator=generator
         )
+        if config.data.captions:  # random words, every caption full length
+            shape = (local_batch, config.data.caption_tokens)
+            vocabulary = config.model.vocabulary_size
+            words = torch.randint(2, vocabulary, shape, device=device, generator=generator)
+            raw = (raw, words)
         self.batch = device_batch(config, raw, generator, device)
 
     def batches(self, step: int, count: int) -> list[Batch]:

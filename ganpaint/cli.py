@@ -74,6 +74,7 @@ def _inpaint(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output file or directory")
     p.add_argument("--blend", default="poisson", choices=["poisson", "none"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--caption", help="caption models: what the image shows, e.g. 'a red bus'")
     p.set_defaults(handler="ganpaint.inpaint:inpaint_command")
 
 

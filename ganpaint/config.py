@@ -84,6 +84,9 @@ class ModelConfig:
     disc_width: int = 64  # discriminator base channels (papers: 64)
     fc_features: int = 1024  # GLCIC discriminators' fully connected width
     latent_dim: int = 100  # dcgan z
+    # caption families: rows of the word embedding; at least the shards' tokenizer vocabulary
+    # (ganpaint's tokenizers hold at most 10,000 words)
+    vocabulary_size: int = 10_000
     hole_fill: str = "mean"  # mean: dataset mean colour (GLCIC) | zero
 
 
@@ -158,6 +161,7 @@ MODEL_SHAPING_KEYS = (
     "model.disc_width",
     "model.fc_features",
     "model.latent_dim",
+    "model.vocabulary_size",
     "data.image_px",
     "masks.local_px",
 )
@@ -232,6 +236,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "model.disc_width",
         "model.fc_features",
         "model.latent_dim",
+        "model.vocabulary_size",
         "optim.grad_accum_steps",
         "schedule.total_steps",
         "schedule.critic_steps",
@@ -292,6 +297,9 @@ def _family_rules(config: TrainConfig) -> None:
         family = registry.get(config.model.family)
     except UserError as error:
         raise ConfigError(f"config key 'model.family': {error}") from None
+    if config.data.captions != family.captions:
+        need = "is conditioned on captions: set" if family.captions else "takes no captions: unset"
+        raise ConfigError(f"config key 'data.captions': {family.name} {need} data.captions")
     if config.schedule.reconstruction_only and not family.inpaints:
         raise ConfigError(
             f"config key 'schedule.reconstruction_only': {family.name} has no reconstruction loss"

@@ -2,7 +2,7 @@
 
 An export file is self-contained: its safetensors metadata holds the resolved training config, the
 dataset mean colour (the hole fill) and the step, so `ganpaint inpaint --weights FILE` needs nothing
-else. Loading never unpickles anything.
+else; a caption model's file also holds its tokenizer (JSON). Loading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
@@ -18,6 +19,7 @@ from torch import nn
 from ganpaint import config as config_lib
 from ganpaint.completion import complete
 from ganpaint.config import TrainConfig
+from ganpaint.data.captions import encode, tokenizer_from_json
 from ganpaint.errors import UserError
 from ganpaint.files import atomic_path
 from ganpaint.models import Family, build_nets, registry
@@ -33,17 +35,31 @@ class Exported:
     config: TrainConfig
     mean_rgb: tuple[float, float, float]
     step: int
+    tokenizer: object | None = None  # caption families: the `tokenizers.Tokenizer` trained with
 
     @property
     def family(self) -> Family:
         return registry.get(self.config.model.family)
 
     def complete(
-        self, images: torch.Tensor, hole_mask: torch.Tensor
+        self, images: torch.Tensor, hole_mask: torch.Tensor, tokens: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prediction, completed) for images [N,3,H,W] in [0,1] and hole_mask [N,1,H,W]."""
+        """(prediction, completed) for images [N,3,H,W] in [0,1] and hole_mask [N,1,H,W] (and,
+        for caption families, token ids [N, T] from `encode_captions`)."""
         fill_rgb = self.fill_rgb.to(images)
-        return complete(self.generator, images, hole_mask, fill_rgb, self.family.predicts_center)
+        return complete(
+            self.generator, images, hole_mask, fill_rgb, self.family.predicts_center, tokens
+        )
+
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """Token ids [N, data.caption_tokens] of captions, by the tokenizer the net trained with,
+        on the generator's device."""
+        if self.tokenizer is None:
+            raise UserError(f"{self.family.name} export holds no tokenizer: re-export it")
+        max_tokens = self.config.data.caption_tokens
+        ids = [encode(self.tokenizer, caption, max_tokens) for caption in captions]
+        device = next(self.generator.parameters()).device
+        return torch.from_numpy(np.stack(ids)).to(device)
 
     @property
     def fill_rgb(self) -> torch.Tensor:
@@ -60,11 +76,16 @@ def save_export(
     config: TrainConfig,
     mean_rgb: tuple[float, float, float],
     step: int,
+    tokenizer: str | None = None,
 ) -> None:
-    """Write generator.safetensors, discriminator.safetensors and config.yaml (atomically, each)."""
+    """Write generator.safetensors, discriminator.safetensors and config.yaml (atomically, each).
+
+    `tokenizer`: a caption model's tokenizer JSON, kept in the metadata."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"config": config_lib.to_dict(config), "mean_rgb": list(mean_rgb), "step": step}
+    if tokenizer is not None:
+        meta["tokenizer"] = tokenizer
     for name, module in ((GENERATOR_FILE, generator), (DISCRIMINATOR_FILE, discriminator)):
         with atomic_path(directory / name) as partial:
             save_file(
@@ -101,4 +122,5 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Expo
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
     nets.generator.load_state_dict(state)
     generator = nets.generator.to(device).eval()
-    return Exported(generator, config, tuple(meta["mean_rgb"]), int(meta["step"]))
+    tokenizer = tokenizer_from_json(meta["tokenizer"]) if "tokenizer" in meta else None
+    return Exported(generator, config, tuple(meta["mean_rgb"]), int(meta["step"]), tokenizer)

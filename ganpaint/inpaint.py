@@ -6,6 +6,8 @@ whole image is resized to image_px, and the prediction for the centre square (th
 the image in each direction) is resized back and pasted into the hole. Their hole must therefore
 lie inside the net's own hole (the middle half, less the overlap band of a Context Encoder trained
 with loss.overlap_px, which the net sees as context); any other hole is refused with one line.
+Caption models (`--caption "a red bus on a street"`) fill the hole to match the text, encoded by
+the tokenizer saved with their export.
 
 Post-processing follows GLCIC (Iizuka et al. 2017): fast marching (Telea) fills the hole of the
 original, then the gradients of the net's output are Poisson-blended (cv2.seamlessClone,
@@ -91,7 +93,9 @@ def _to_tensor(rgb: np.ndarray, exported: Exported) -> torch.Tensor:
     return torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float() / 255
 
 
-def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def _predict_full(
+    exported: Exported, rgb: np.ndarray, hole: np.ndarray, tokens: torch.Tensor | None
+) -> np.ndarray:
     """Fully convolutional net on the whole image, padded to a multiple of NET_MULTIPLE."""
     image = _to_tensor(rgb, exported)
     hole_mask = torch.from_numpy(hole)[None, None].to(image.device).float()
@@ -101,7 +105,7 @@ def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.n
     mode = "reflect" if min(height, width) > NET_MULTIPLE else "replicate"
     padded_image = functional.pad(image, pad, mode=mode)
     padded_hole = functional.pad(hole_mask, pad, mode=mode)
-    prediction = exported.complete(padded_image, padded_hole)[0]
+    prediction = exported.complete(padded_image, padded_hole, tokens)[0]
     return _to_uint8(prediction[..., :height, :width])
 
 
@@ -118,7 +122,7 @@ def centre_box(height: int, width: int, fraction: float = 0.5) -> tuple[int, int
 
 
 def _predict_centre(
-    exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: str
+    exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: str, tokens: torch.Tensor | None
 ) -> np.ndarray:
     """Centre-square net at its fixed size; its prediction is resized back over the centre box."""
     height, width = hole.shape
@@ -145,7 +149,7 @@ def _predict_centre(
     offset, hole_offset = (image_px - side) // 2, (image_px - hole_px) // 2
     hole_mask = torch.zeros_like(image[:, :1])
     hole_mask[..., hole_offset : hole_offset + hole_px, hole_offset : hole_offset + hole_px] = 1
-    prediction = exported.complete(image, hole_mask)[0]
+    prediction = exported.complete(image, hole_mask, tokens)[0]
     patch = _to_uint8(prediction[..., offset : offset + side, offset : offset + side])
     predicted = rgb.copy()
     predicted[top:bottom, left:right] = cv2.resize(
@@ -154,15 +158,21 @@ def _predict_centre(
     return predicted
 
 
-def predict_rgb(exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: str) -> np.ndarray:
+def predict_rgb(
+    exported: Exported,
+    rgb: np.ndarray,
+    hole: np.ndarray,
+    source: str,
+    tokens: torch.Tensor | None = None,
+) -> np.ndarray:
     """The net's raw prediction for one uint8 RGB [H, W, 3] image with bool hole [H, W].
 
     uint8 [H, W, 3], not yet composited: known pixels hold the net's own reconstruction (for
     centre nets, inside the centre box only), which the Poisson blend reads gradients from.
     """
     if exported.family.predicts_center:
-        return _predict_centre(exported, rgb, hole, source)
-    return _predict_full(exported, rgb, hole)
+        return _predict_centre(exported, rgb, hole, source, tokens)
+    return _predict_full(exported, rgb, hole, tokens)
 
 
 def _mirror_pads(region: np.ndarray) -> tuple[int, int, int, int]:
@@ -225,17 +235,23 @@ def poisson_blend(
 
 
 def inpaint_pixels(
-    exported: Exported, pixels: np.ndarray, hole: np.ndarray, blend: str, source: str
+    exported: Exported,
+    pixels: np.ndarray,
+    hole: np.ndarray,
+    blend: str,
+    source: str,
+    tokens: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Inpaint one decoded image (grey [H, W], BGR or BGRA [H, W, 3|4], uint8), same layout out.
 
-    Only hole pixels change; alpha is never touched.
+    Only hole pixels change; alpha is never touched. `tokens` [1, T]: a caption model's caption
+    (`caption_tokens`).
     """
     grey = pixels.ndim == 2
     bgr = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if grey else pixels[..., :3]
     rgb = np.ascontiguousarray(bgr[..., ::-1])
     with torch.no_grad():
-        filled = predict_rgb(exported, rgb, hole, source)
+        filled = predict_rgb(exported, rgb, hole, source, tokens)
     if blend == "poisson":
         filled = poisson_blend(filled, rgb, hole, source)
     filled = cv2.cvtColor(filled, cv2.COLOR_RGB2GRAY if grey else cv2.COLOR_RGB2BGR)
@@ -245,6 +261,19 @@ def inpaint_pixels(
     else:
         result[..., :3][hole] = filled[hole]
     return result
+
+
+def caption_tokens(exported: Exported, caption: str | None) -> torch.Tensor | None:
+    """Token ids [1, T] of --caption for a caption model (which needs one); None otherwise.
+    UserError (one line) for a caption missing or given to a model that takes none."""
+    name = exported.family.name
+    if not exported.family.captions:
+        if caption is not None:
+            raise UserError(f"--caption: a {name} model is not conditioned on captions")
+        return None
+    if caption is None:
+        raise UserError(f'{name} is conditioned on captions: pass --caption "what the image shows"')
+    return exported.encode_captions([caption])
 
 
 def _match_mask(mask: str | None, image: Path) -> Path | None:
@@ -299,10 +328,13 @@ def inpaint_command(
     output: str,
     blend: str,
     device: str,
+    caption: str | None = None,
 ) -> int:
-    """Inpaint IMAGE (file or folder) where MASK is white or inside RECT; write OUTPUT."""
+    """Inpaint IMAGE (file or folder) where MASK is white or inside RECT; write OUTPUT. Caption
+    models fill the hole to match CAPTION."""
     jobs = plan_jobs(image, mask, output)
     exported = open_model(run or weights, resolve_device(device), inpainting=True)
+    tokens = caption_tokens(exported, caption)
     for image_path, mask_path, output_path in jobs:
         if output_path.resolve() == image_path.resolve():
             raise UserError(f"--output {output_path}: would overwrite the input image")
@@ -313,7 +345,8 @@ def inpaint_command(
         else:
             hole, hole_source = read_hole(mask_path, height, width), str(mask_path)
         check_hole(hole, hole_source)
-        write_image(output_path, inpaint_pixels(exported, pixels, hole, blend, str(image_path)))
+        filled = inpaint_pixels(exported, pixels, hole, blend, str(image_path), tokens)
+        write_image(output_path, filled)
         lossy = output_path.suffix.lower() in LOSSY_SUFFIXES
         print(
             f"{image_path} -> {output_path}"

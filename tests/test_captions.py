@@ -11,13 +11,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from ganpaint import cli
 from ganpaint import config as config_lib
-from ganpaint.data.captions import TOKENIZER_FILE, load_tokenizer
+from ganpaint.config import ConfigError
+from ganpaint.data.captions import TOKENIZER_FILE, CaptionTokens, load_tokenizer
 from ganpaint.data.shards import pack
 from ganpaint.data.stream import iterate_split, train_loader
 from ganpaint.errors import UserError
+from ganpaint.export import load_generator
+from ganpaint.inpaint import caption_tokens
 from ganpaint.models.caption import CaptionCritic, CaptionUNet, TextEncoder
+from ganpaint.train import checkpoint
+from ganpaint.train.loop import train
 
 # Saturated colours (RGB) an object in the image centre may take: the surroundings never show it,
 # so only the caption tells which.
@@ -103,9 +110,11 @@ def data_config(shards: Path, *overrides: str) -> config_lib.DataConfig:
         "data.resize_min_px=32",
         "data.resize_max_px=32",
         "data.workers=0",
+        "masks.kind=center",
         "masks.local_px=16",
-        "masks.hole_min_px=8",
+        "masks.hole_min_px=16",
         "masks.hole_max_px=16",
+        "model.family=wgan_unet_caption",
         *overrides,
     ]
     return config_lib.load(None, values).data
@@ -215,7 +224,8 @@ def test_caption_draws_replay_for_the_same_seed_and_step(caption_shards):
 
 def test_evaluation_reads_each_images_first_caption(caption_shards):
     tokenizer = load_tokenizer(caption_shards)
-    (images, tokens), *rest = iterate_split(caption_shards, "val", 32, 16, caption_tokens=12)
+    tokens_of = CaptionTokens(tokenizer, 12)
+    (images, tokens), *rest = iterate_split(caption_shards, "val", 32, 16, tokens_of=tokens_of)
     assert not rest and images.shape == (VAL, 3, 32, 32)
     for index, ids in enumerate(tokens.tolist()):
         colour, shape = draw(1000 + index)[1:]
@@ -236,6 +246,7 @@ def test_text_encoder_ignores_trailing_padding():
     padded = torch.tensor([[5, 6, 7, 0, 0, 0]])
     assert torch.allclose(encoder(words), encoder(padded), atol=1e-6)
     assert encoder(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 128)
+    assert CaptionUNet(32, 8, 20).text.features == 16  # scales with the width, 128 at 64
 
 
 def test_caption_nets_shapes_and_the_caption_matters():
@@ -252,3 +263,175 @@ def test_caption_nets_shapes_and_the_caption_matters():
     (output.mean() + critic(patch, tokens).sum()).backward()
     for net in (generator, critic):
         assert net.text.embedding.weight.grad is not None  # the text encoder trains with the net
+
+
+# ---- the caption family, trained through the registry ---------------------------------------------
+
+
+ROOT = Path(__file__).parent.parent
+CONFIGS = ROOT / "configs"
+# The caption preset at test size: 32 px images, width 8, a 64-row embedding, one critic update.
+CAPTION_TEST_OVERRIDES = (
+    "data.image_px=32",
+    "data.resize_min_px=32",
+    "data.resize_max_px=32",
+    "data.batch_size=16",
+    "data.workers=0",
+    "data.caption_tokens=10",
+    "data.val_images=12",
+    "masks.hole_min_px=16",
+    "masks.hole_max_px=16",
+    "masks.local_px=16",
+    "model.width=8",
+    "model.disc_width=8",
+    "model.vocabulary_size=64",
+    "run.mixed_precision=fp32",
+    "schedule.critic_steps=1",
+    "log.every_steps=10",
+    "log.image_every_steps=1000",
+    "log.progress=none",
+)
+
+
+def caption_config(shards: Path, run_dir: Path, *overrides: str) -> config_lib.TrainConfig:
+    values = [f"data.shards={shards}", f"run.dir={run_dir}", *CAPTION_TEST_OVERRIDES, *overrides]
+    return config_lib.load(CONFIGS / "wgan_unet_coco_caption.yaml", values)
+
+
+@pytest.fixture(scope="module")
+def short_caption_run(caption_shards, tmp_path_factory) -> Path:
+    """Two steps of the caption family on the fixture (plumbing, not learning)."""
+    run_dir = tmp_path_factory.mktemp("short_caption_run") / "run"
+    return train(caption_config(caption_shards, run_dir, "schedule.total_steps=2"))
+
+
+def evaluate_run(run: Path, shards: Path, result: Path) -> dict:
+    arguments = ["eval", "--run", str(run), "--shards", str(shards), "--count", "12"]
+    assert cli.main([*arguments, "--device", "cpu", "--json", str(result)]) == 0
+    return json.loads(result.read_text())["results"]
+
+
+def inpaint_centre(run: Path, image: Path, output: Path, *caption: str) -> np.ndarray:
+    """`ganpaint inpaint` of a 24 px centre hole; the RGB of the output's centre pixel."""
+    arguments = ["inpaint", "--run", str(run), "--image", str(image), "--rect", "20,20,24,24"]
+    arguments += ["--output", str(output), "--blend", "none", "--device", "cpu", *caption]
+    assert cli.main(arguments) == 0
+    return cv2.imread(str(output))[32, 32][::-1].astype(int)
+
+
+def test_eval_reports_true_and_shuffled_captions(
+    short_caption_run, caption_shards, tmp_path, capsys
+):
+    results = evaluate_run(short_caption_run, caption_shards, tmp_path / "eval.json")
+    assert {"model", "model_shuffled_caption", "mean_fill", "telea"} <= results.keys()
+    assert results["model"]["hole_psnr"] != results["model_shuffled_caption"]["hole_psnr"]
+    assert "shuffled" in capsys.readouterr().out  # the table has its column
+
+
+def test_inpaint_takes_a_caption_and_needs_one(short_caption_run, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), draw(2000)[0])
+    red = inpaint_centre(
+        short_caption_run, image, tmp_path / "red.png", "--caption", "a red circle"
+    )
+    blue = inpaint_centre(
+        short_caption_run, image, tmp_path / "blue.png", "--caption", "a blue one"
+    )
+    assert not np.array_equal(red, blue)  # the caption reaches the generator
+    capsys.readouterr()
+    missing = ["inpaint", "--run", str(short_caption_run), "--image", str(image), "--rect"]
+    missing += ["20,20,8,8", "--output", str(tmp_path / "x.png"), "--device", "cpu"]
+    assert cli.main(missing) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--caption" in error[0]
+
+
+@pytest.mark.slow
+def test_a_short_run_learns_from_the_caption(caption_shards, tmp_path):
+    """40 steps at width 16: the object's colour is in the caption only,
+    so the true caption's hole PSNR beats a shuffled one's, and inpaint paints the named colour."""
+    overrides = ("schedule.total_steps=40", "model.width=16", "model.disc_width=16")
+    run = train(caption_config(caption_shards, tmp_path / "run", *overrides))
+    results = evaluate_run(run, caption_shards, tmp_path / "eval.json")
+    true, shuffled = results["model"], results["model_shuffled_caption"]
+    assert true["hole_psnr"] > shuffled["hole_psnr"] + 3, (true["hole_psnr"], shuffled["hole_psnr"])
+    assert true["hole_ssim"] > shuffled["hole_ssim"]
+    assert true["hole_psnr"] > results["mean_fill"]["hole_psnr"]
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), draw(2000)[0])  # a new image of the fixture's kind
+    red = inpaint_centre(run, image, tmp_path / "red.png", "--caption", "a red circle")
+    blue = inpaint_centre(run, image, tmp_path / "blue.png", "--caption", "a blue circle")
+    assert red[0] > red[2] and blue[2] > blue[0]
+
+
+def test_caption_is_refused_by_a_model_without_captions(synthetic_shards, make_config):
+    config = make_config(
+        synthetic_shards,
+        **{"schedule.completion_steps": 1, "schedule.discriminator_steps": 0},
+        **{"schedule.total_steps": 1},
+    )
+    exported = load_generator(train(config))
+    with pytest.raises(UserError, match="not conditioned on captions"):
+        caption_tokens(exported, "a red circle")
+    assert caption_tokens(exported, None) is None
+
+
+def test_caption_run_resumes_to_the_same_weights(caption_shards, tmp_path):
+    """Stopped at step 3, inside the data segment [2, 4), and resumed: the caption draws replay."""
+    common = ("checkpoint.every_steps=2", "checkpoint.keep=10", "data.batch_size=8")
+    train(caption_config(caption_shards, tmp_path / "straight", *common, "schedule.total_steps=4"))
+    train(caption_config(caption_shards, tmp_path / "resumed", *common, "schedule.total_steps=3"))
+    train(caption_config(caption_shards, tmp_path / "resumed", *common, "schedule.total_steps=4"))
+    for net in ("generator", "discriminator"):
+        expected = load_file(str(checkpoint.latest(tmp_path / "straight") / f"{net}.safetensors"))
+        actual = load_file(str(checkpoint.latest(tmp_path / "resumed") / f"{net}.safetensors"))
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), net
+
+
+def test_caption_family_needs_caption_data(caption_shards, tmp_path):
+    with pytest.raises(ConfigError, match="data.captions"):
+        caption_config(caption_shards, tmp_path, "data.captions=false")
+    with pytest.raises(ConfigError, match="takes no captions"):
+        caption_config(caption_shards, tmp_path, "model.family=wgan_unet")
+    too_small = caption_config(caption_shards, tmp_path / "run", "model.vocabulary_size=8")
+    with pytest.raises(UserError, match="model.vocabulary_size"):
+        train(too_small)
+
+
+def test_models_command_on_the_caption_preset(capsys):
+    preset = str(CONFIGS / "wgan_unet_coco_caption.yaml")
+    assert cli.main(["models", "--config", preset]) == 0
+    out = capsys.readouterr().out
+    # the write-up's U-Net, TConv1 reading Conv4's map + the 128-feature caption vector
+    assert "CaptionUNet" in out and "256x4x4" in out and "CaptionCritic" in out
+    assert "parameters 2,305,219" in out and "parameters 1,873,537" in out
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_caption_family_identically_and_resume(caption_shards, tmp_path):
+    from test_distributed import digests, launch, parameters_only
+
+    run_dir = tmp_path / "run"
+    preset = CONFIGS / "wgan_unet_coco_caption.yaml"
+
+    def run(total_steps: int):
+        return launch(
+            ROOT / "tests" / "scripts" / "rank_digest.py",
+            str(preset),
+            *CAPTION_TEST_OVERRIDES,
+            f"data.shards={caption_shards}",
+            f"run.dir={run_dir}",
+            f"schedule.total_steps={total_steps}",
+            "checkpoint.every_steps=2",
+        )
+
+    first = run(4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rank0, rank1 = digests(run_dir, 0), digests(run_dir, 1)
+    assert [row["world"] for row in rank0] == [2] * len(rank0)
+    assert parameters_only(rank0) == parameters_only(rank1)
+    second = run(6)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed {run_dir} at step 4" in second.stdout
+    resumed0, resumed1 = digests(run_dir, 0)[len(rank0) :], digests(run_dir, 1)[len(rank0) :]
+    assert resumed0 and parameters_only(resumed0) == parameters_only(resumed1)

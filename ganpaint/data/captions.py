@@ -117,6 +117,26 @@ def load_tokenizer(shard_dir: str | Path):
         raise UserError(f"{path}: not a tokenizer file ({error})") from None
 
 
+def training_tokenizer(shard_dir: str | Path, vocabulary_size: int) -> str:
+    """The JSON of the shards' tokenizer, which a caption model trains with and is exported with,
+    after checking its words fit the model's embedding (model.vocabulary_size rows)."""
+    tokenizer = load_tokenizer(shard_dir)
+    words = tokenizer.get_vocab_size()
+    if words > vocabulary_size:
+        raise UserError(
+            f"config key 'model.vocabulary_size': {vocabulary_size} rows are fewer than the "
+            f"{words} words of {Path(shard_dir) / TOKENIZER_FILE}"
+        )
+    return tokenizer.to_str()
+
+
+def tokenizer_from_json(text: str):
+    """A tokenizer from its JSON (an export's copy): plain data, nothing is executed."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(text)
+
+
 def encode(tokenizer, caption: str, max_tokens: int) -> np.ndarray:
     """int64 [max_tokens]: the caption's token ids, truncated, padded with [PAD] (0)."""
     ids = np.zeros(max_tokens, dtype=np.int64)

@@ -226,10 +226,11 @@ def iterate_split(
     image_px: int,
     batch_size: int,
     limit: int | None = None,
-    caption_tokens: int = 0,
+    tokens_of: CaptionTokens | None = None,
 ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """The split's images in manifest order as uint8 [B, 3, image_px, image_px] RGB batches; with
-    caption_tokens > 0, (images, int64 [B, caption_tokens] ids of each image's first caption).
+    `tokens_of` (rng None: each image's first caption, encoded by the model's tokenizer),
+    (images, int64 [B, tokens_of.max_tokens]) pairs.
 
     Shortest side resized to image_px, centre crop; at most `limit` images; the last batch may be
     short. Corrupt samples are skipped with a warning.
@@ -237,9 +238,6 @@ def iterate_split(
     manifest = read_manifest(shard_dir)
     paths = _split_paths(manifest, shard_dir, split)
     errors = ErrorCount(f"{shard_dir} ({split})")
-    tokens_of = None
-    if caption_tokens:
-        tokens_of = CaptionTokens(load_tokenizer(shard_dir), caption_tokens)
     samples = read_samples(paths, manifest["image_key"], errors, tokens_of is not None)
     reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
 
@@ -266,8 +264,11 @@ def val_batch(
             f"{data.shards}: split {split!r} is empty; validating on 'train' images", stacklevel=2
         )
         split = "train"
+    tokens_of = None
+    if data.captions:
+        tokens_of = CaptionTokens(load_tokenizer(data.shards), data.caption_tokens)
+    pairs = list(iterate_split(data.shards, split, data.image_px, max(count, 1), count, tokens_of))
     tokens = data.caption_tokens if data.captions else 0
-    pairs = list(iterate_split(data.shards, split, data.image_px, max(count, 1), count, tokens))
     if not tokens:
         pairs = [(batch, batch.new_zeros((len(batch), 0), dtype=torch.int64)) for batch in pairs]
     images = torch.empty((0, 3, data.image_px, data.image_px), dtype=torch.uint8)

@@ -2,8 +2,9 @@
 and the caption-conditioned U-Net generator and critic built on `wgan_unet`'s tables.
 
 The write-up announces the variant without publishing it; ganpaint's choices:
-- Text encoder: word embedding (128) + one-layer GRU (128); the caption's vector is the GRU state
-  after its last word (trailing [PAD] ids, 0, are not read). Nothing is pretrained or downloaded:
+- Text encoder: word embedding (128) + one-layer GRU (128) at width 64 (both scale with the net's
+  width, as the conv rows do); the caption's vector is the GRU state after its last word
+  (trailing [PAD] ids, 0, are not read). Nothing is pretrained or downloaded:
   the vocabulary is the pack-time tokenizer's (ganpaint/data/captions.py).
 - Generator: the U-Net of wgan_unet with the caption vector broadcast over its 4x4 bottleneck and
   concatenated to Conv4's map before TConv1 (TConv1 reads 128 + 128 channels at width 64).
@@ -17,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganpaint.models.layers import scaled
 from ganpaint.models.wgan_unet import WGANCritic, WGANUNet
 
-EMBEDDING_FEATURES = 128
-TEXT_FEATURES = 128
+TEXT_FEATURES = 128  # embedding and GRU features at width 64
 
 
 class TextEncoder(nn.Module):
@@ -31,8 +32,9 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocabulary_size: int, features: int = TEXT_FEATURES) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocabulary_size, EMBEDDING_FEATURES, padding_idx=0)
-        self.recurrent = nn.GRU(EMBEDDING_FEATURES, features, batch_first=True)
+        self.features = features
+        self.embedding = nn.Embedding(vocabulary_size, features, padding_idx=0)
+        self.recurrent = nn.GRU(features, features, batch_first=True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         states, _ = self.recurrent(self.embedding(tokens))  # [N, T, features]
@@ -47,8 +49,8 @@ class CaptionUNet(nn.Module):
 
     def __init__(self, image_px: int, width: int, vocabulary_size: int) -> None:
         super().__init__()
-        self.text = TextEncoder(vocabulary_size)
-        self.unet = WGANUNet(image_px, width, condition_features=TEXT_FEATURES)
+        self.text = TextEncoder(vocabulary_size, scaled(TEXT_FEATURES, width))
+        self.unet = WGANUNet(image_px, width, condition_features=self.text.features)
 
     def forward(
         self, image_filled: torch.Tensor, hole_mask: torch.Tensor, tokens: torch.Tensor
@@ -61,8 +63,8 @@ class CaptionCritic(nn.Module):
 
     def __init__(self, patch_px: int, width: int, vocabulary_size: int) -> None:
         super().__init__()
-        self.text = TextEncoder(vocabulary_size)
-        self.critic = WGANCritic(patch_px, width, condition_features=TEXT_FEATURES)
+        self.text = TextEncoder(vocabulary_size, scaled(TEXT_FEATURES, width))
+        self.critic = WGANCritic(patch_px, width, condition_features=self.text.features)
 
     def forward(self, patch: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.critic(patch, self.text(tokens))

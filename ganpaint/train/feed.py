@@ -19,11 +19,19 @@ from ganpaint.train.steps import Batch, micro_batches_per_step
 
 
 def device_batch(
-    config: TrainConfig, raw: torch.Tensor, generator: torch.Generator, device: torch.device
+    config: TrainConfig,
+    raw: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    generator: torch.Generator,
+    device: torch.device,
 ) -> Batch:
-    """A loader batch (uint8 [N,3,H,W]) on the device as float in [0,1], with its holes (and
-    latents, for generation families) drawn there from `generator`. The layout change happens on
-    the uint8 tensor, a quarter of the bytes of the float one."""
+    """A loader batch (uint8 [N,3,H,W], or with data.captions (images, token ids [N,T])) on the
+    device as float in [0,1], with its holes (and latents, for generation families) drawn there
+    from `generator`. The layout change happens on the uint8 tensor, a quarter of the bytes of the
+    float one."""
+    tokens = None
+    if isinstance(raw, (tuple, list)):  # the DataLoader hands a pair over as a list
+        raw, tokens = raw
+        tokens = tokens.to(device, non_blocking=True)
     memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
     raw = raw.to(device, non_blocking=True).contiguous(memory_format=memory_format)
     images = raw.float().div_(255)
@@ -33,7 +41,7 @@ def device_batch(
     if not registry.get(config.model.family).inpaints:
         latent = torch.randn(count, config.model.latent_dim, generator=generator, device=device)
     # hole_mask has one channel, so it is already channels_last-contiguous.
-    return Batch(images, holes.hole_mask, holes.local_origin, latent)
+    return Batch(images, holes.hole_mask, holes.local_origin, latent, tokens)
 
 
 class DataFeed:

@@ -18,9 +18,11 @@ from torchvision.utils import save_image
 
 from ganpaint import config as config_lib
 from ganpaint.config import TrainConfig
+from ganpaint.data.captions import training_tokenizer
 from ganpaint.data.stream import read_manifest
 from ganpaint.errors import UserError
 from ganpaint.export import save_export
+from ganpaint.models import registry
 from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
 from ganpaint.train.backend import TrainState
@@ -87,6 +89,9 @@ def train(config: TrainConfig) -> Path:
     accelerator = backend.accelerator
     config_lib.validate(config, accelerator.num_processes)
     manifest = read_manifest(config.data.shards)
+    tokenizer = None  # caption families: the shards' tokenizer, exported with the generator
+    if registry.get(config.model.family).captions:
+        tokenizer = training_tokenizer(config.data.shards, config.model.vocabulary_size)
     run_dir = Path(config.run.dir)
     fill_rgb = _fill_colour(config, manifest)
     state = build_state(config, backend)
@@ -174,6 +179,7 @@ def train(config: TrainConfig) -> Path:
                 config,
                 tuple(fill_rgb.tolist()),
                 step,
+                tokenizer,
             )
             _report(run_dir, show(step), logger, config.model.hole_fill)
         return run_dir

@@ -34,6 +34,7 @@ class Batch:
     hole_mask: torch.Tensor  # [N,1,H,W] float, 1 = hole
     local_origin: torch.Tensor  # [N,2] long, (top, left) of each local area
     latent: torch.Tensor | None = None  # generation families: z [N, latent_dim]
+    tokens: torch.Tensor | None = None  # caption families: token ids [N, T] int64
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def _complete(
         batch.hole_mask,
         settings.fill_rgb,
         settings.family.predicts_center,
+        batch.tokens,
     )
 
 
@@ -112,20 +114,20 @@ def _reconstruction(settings: StepSettings, prediction: torch.Tensor, batch: Bat
 
 
 def _judge(
-    settings: StepSettings, discriminator: nn.Module, images: torch.Tensor, origin: torch.Tensor
+    settings: StepSettings, discriminator: nn.Module, images: torch.Tensor, batch: Batch
 ) -> torch.Tensor:
-    """Discriminator logits for images, fed as the family declares (image + local patch, or the
-    local patch alone)."""
-    local_patch = crop_local(images, origin, settings.local_px)
-    return discriminator(*settings.family.judge_inputs(images, local_patch))
+    """Discriminator logits for images (batch.images or their completions), fed as the family
+    declares (image + local patch, or the local patch alone; with the captions)."""
+    local_patch = crop_local(images, batch.local_origin, settings.local_px)
+    return discriminator(*settings.family.judge_inputs(images, local_patch, batch.tokens))
 
 
 def _real_and_fake(
     state: TrainState, settings: StepSettings, batch: Batch, fake: torch.Tensor, wasserstein: bool
 ) -> Losses:
     """The discriminator's (or critic's) loss on real images against `fake` ones."""
-    real = _judge(settings, state.discriminator, batch.images, batch.local_origin)
-    fake = _judge(settings, state.discriminator, fake, batch.local_origin)
+    real = _judge(settings, state.discriminator, batch.images, batch)
+    fake = _judge(settings, state.discriminator, fake, batch)
     if wasserstein:
         loss = losses.wgan_critic_loss(real, fake)
         return {"loss": loss, "real_score": real.mean(), "fake_score": fake.mean()}
@@ -183,7 +185,7 @@ def _inpainting_joint(
             prediction, completed = _complete(state, settings, batch)
         mse = _reconstruction(settings, prediction, batch)
         with frozen(state.plain_discriminator):
-            fake = _judge(settings, state.plain_discriminator, completed, batch.local_origin)
+            fake = _judge(settings, state.plain_discriminator, completed, batch)
         adversarial = (
             losses.wgan_generator_loss(fake) if wasserstein else losses.generator_bce(fake)
         )

@@ -30,10 +30,14 @@ class ValidationSet:
     hole_mask: torch.Tensor  # [N,1,H,W]
     latent: torch.Tensor  # dcgan: fixed z [N, latent_dim]
     fill_name: str = "mean"  # model.hole_fill: names the baseline's scalar
+    tokens: torch.Tensor | None = None  # caption families: each image's first caption [N, T]
 
 
 def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
-    images = val_batch(config.data, config.data.val_images).to(device).float() / 255
+    loaded, tokens = val_batch(config.data, config.data.val_images), None
+    if config.data.captions:
+        loaded, tokens = loaded[0], loaded[1].to(device)
+    images = loaded.to(device).float() / 255
     count = images.shape[0]
     seed = config.run.seed + VALIDATION_SEED_OFFSET
     holes = make_holes(
@@ -45,7 +49,7 @@ def load_validation_set(config: TrainConfig, device: torch.device) -> Validation
         generator=torch.Generator(device).manual_seed(seed),
         device=device,
     )
-    return ValidationSet(images, holes.hole_mask, latent, config.model.hole_fill)
+    return ValidationSet(images, holes.hole_mask, latent, config.model.hole_fill, tokens)
 
 
 @torch.no_grad()
@@ -53,23 +57,27 @@ def run_validation(
     generator: nn.Module, settings: StepSettings, validation: ValidationSet
 ) -> tuple[dict[str, float], torch.Tensor]:
     """(scalars, grid): hole PSNR of the net ("val/hole_psnr") and of its hole fill alone
-    (`baseline_key`); rows original | input | output | composited (inpainting) or a grid of
-    fixed-latent samples (generation families)."""
-    fill_rgb = settings.fill_rgb
+    (`baseline_key`), and for caption families of the net given another image's caption
+    ("val/hole_psnr_shuffled_caption"); rows original | input | output | composited (inpainting)
+    or a grid of fixed-latent samples (generation families)."""
+    fill_rgb, centre = settings.fill_rgb, settings.family.predicts_center
+    images, hole_mask, tokens = validation.images, validation.hole_mask, validation.tokens
     with evaluating(generator):
         if not settings.family.inpaints:
             samples = generator(validation.latent).float()
             return {}, make_grid(samples, nrow=8)
-        images, hole_mask = validation.images, validation.hole_mask
-        prediction, completed = complete(
-            generator, images, hole_mask, fill_rgb, settings.family.predicts_center
-        )
+        prediction, completed = complete(generator, images, hole_mask, fill_rgb, centre, tokens)
         masked_input = fill_holes(images, hole_mask, fill_rgb)
-    # The same hole PSNR as `ganpaint eval` (per image over its hole, then the mean).
-    scalars = {
-        "val/hole_psnr": float(psnr(completed, images, hole_mask).mean()),
-        baseline_key(validation.fill_name): float(psnr(masked_input, images, hole_mask).mean()),
-    }
+        # The same hole PSNR as `ganpaint eval` (per image over its hole, then the mean).
+        scalars = {
+            "val/hole_psnr": float(psnr(completed, images, hole_mask).mean()),
+            baseline_key(validation.fill_name): float(psnr(masked_input, images, hole_mask).mean()),
+        }
+        if tokens is not None:  # each image gets the next one's caption
+            shuffled = complete(generator, images, hole_mask, fill_rgb, centre, tokens.roll(1, 0))
+            scalars["val/hole_psnr_shuffled_caption"] = float(
+                psnr(shuffled[1], images, hole_mask).mean()
+            )
     rows = torch.cat([images, masked_input, prediction.float(), completed.float()])
     return scalars, make_grid(rows, nrow=images.shape[0])
 
