@@ -435,3 +435,12 @@ def test_two_processes_train_the_caption_family_identically_and_resume(caption_s
     assert f"resumed {run_dir} at step 4" in second.stdout
     resumed0, resumed1 = digests(run_dir, 0)[len(rank0) :], digests(run_dir, 1)[len(rank0) :]
     assert resumed0 and parameters_only(resumed0) == parameters_only(resumed1)
+
+
+def test_bench_feeds_random_captions(synthetic_shards, tmp_path):
+    """`ganpaint bench` on the caption family: random word ids stand in for captions."""
+    from ganpaint.bench import run_bench
+
+    config = caption_config(synthetic_shards, tmp_path / "run", "data.batch_size=4")
+    (row,) = run_bench(config, [], steps=1, warmup=0, data="synthetic")
+    assert row["kind"] == "critic" and row["step_ms"] > 0
