@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -153,19 +154,42 @@ def _one_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
+def presets() -> dict[str, Path]:
+    """The shipped presets by name (configs/NAME.yaml, packaged as ganpaint.configs)."""
+    folder = resources.files("ganpaint.configs")
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A config file path as given, else the shipped preset of that name: `demo`, `demo.yaml` or
+    the README's `configs/demo.yaml` (when run outside a checkout)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = presets()
+    by_name = path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml")
+    if by_name and path.stem in known:
+        return known[path.stem]
+    raise ConfigError(
+        f"config file not found: {name_or_path} (presets: {', '.join(sorted(known))})"
+    )
+
+
 def load(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
-    """Defaults <- YAML file <- `dotted.key=value` overrides; validated; frozen.
+    """Defaults <- YAML file (a path or a preset name) <- `dotted.key=value` overrides; validated.
 
     Raises ConfigError (one line) for a missing file, an unknown key, a wrong type or a failed rule.
     """
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve(path)
         try:
             layers.append(OmegaConf.load(path))
         except Exception as error:  # yaml errors carry line numbers: keep them, on one line
@@ -325,3 +349,13 @@ def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
         for key in MODEL_SHAPING_KEYS
         if _get(saved, key) != _get(current, key)
     ]
+
+
+def config_command(list_presets: bool, show: str | None, overrides: list[str]) -> int:
+    """`ganpaint config`: the preset names, or one config resolved with every key."""
+    if show is None or list_presets:
+        for name, path in sorted(presets().items()):
+            print(f"{name:<24} {path}")
+        return 0
+    print(to_yaml(load(show, overrides)), end="")
+    return 0
