@@ -2,7 +2,9 @@
 
 Losses are summed on the device between ticks and read back once per `log.every_steps`, so
 logging adds no host sync to ordinary steps. The console gets a rich progress bar on a terminal
-and plain periodic lines otherwise (SLURM logs).
+(the tick's losses printed above it) and plain periodic lines otherwise (SLURM logs); both give
+the elapsed time and an ETA. A resumed run rewinds stats.jsonl and TensorBoard to its step, so
+the curves hold no duplicate steps.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ganpaint.config import LogConfig
+from ganpaint.files import write_text_atomically
 
 
 class RunLogger:
@@ -32,7 +42,8 @@ class RunLogger:
         device: torch.device,
     ) -> None:
         self.log, self.is_main, self.device = log, is_main, device
-        self.total_steps = total_steps
+        self.total_steps, self.start_step = total_steps, start_step
+        self.run_started = time.perf_counter()
         self.sums: dict[str, torch.Tensor] = {}
         self.ticks = 0
         self.images_seen = 0
@@ -45,6 +56,7 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        _rewind_stats(run_dir / "stats.jsonl", start_step)
         self.stats = (run_dir / "stats.jsonl").open("a")
         mode = log.progress
         if mode == "auto":
@@ -56,13 +68,14 @@ class RunLogger:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
-                TextColumn("{task.fields[losses]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
                 TimeRemainingColumn(),
                 console=self.console,
                 refresh_per_second=4,
             )
             self.task = self.progress.add_task(
-                "train", total=total_steps, completed=start_step, phase="", rate="", losses=""
+                "train", total=total_steps, completed=start_step, phase="", rate=""
             )
             self.progress.start()
 
@@ -102,15 +115,22 @@ class RunLogger:
         losses = " ".join(f"{key} {value:.4g}" for key, value in means.items())
         rate = f"{row['perf/img_per_s']:.1f} img/s"
         if self.progress is not None:
-            self.progress.update(
-                self.task, completed=step, phase=phase_name, rate=rate, losses=losses
-            )
+            # The losses go above the bar: in the bar they would be cut at the terminal's width.
+            self.progress.console.print(f"step {step} [{phase_name}] {losses}", highlight=False)
+            self.progress.update(self.task, completed=step, phase=phase_name, rate=rate)
         elif self.mode == "plain":
             print(
                 f"step {step}/{self.total_steps} [{phase_name}] {rate} "
-                f"{row['perf/step_ms']:.0f} ms/step {losses}",
+                f"{row['perf/step_ms']:.0f} ms/step {self._timing(step)} {losses}",
                 flush=True,
             )
+
+    def _timing(self, step: int) -> str:
+        """'elapsed 0:01:05 eta 0:03:10', from this process's mean step time so far."""
+        elapsed = time.perf_counter() - self.run_started
+        done = max(step - self.start_step, 1)
+        remaining = elapsed / done * max(self.total_steps - step, 0)
+        return f"elapsed {_clock(elapsed)} eta {_clock(remaining)}"
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.is_main:
@@ -132,3 +152,27 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
             self.stats.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}"
+
+
+def _rewind_stats(path: Path, start_step: int) -> None:
+    """Drop rows past `start_step` that a run stopped after its last checkpoint had written, so
+    a resumed run's stats.jsonl holds every step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) <= start_step]
+    if len(kept) != len(lines):
+        write_text_atomically(path, "".join(kept))
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return sys.maxsize  # the torn last line of a killed run: dropped with the rows past it

@@ -127,6 +127,9 @@ def train(config: TrainConfig) -> Path:
         save_image(grid, run_dir / "samples" / f"step-{at_step:08d}.png")
         return scalars
 
+    if 0 < step < total:
+        show(step)  # the validation curve goes on from the resumed step, with no gap
+
     # Loop: one phase step per iteration; the phase is derived from the step, never stored.
     try:
         with StopSignals() as signals:
@@ -147,7 +150,7 @@ def train(config: TrainConfig) -> Path:
                 # (the last step's are made once, by the finish below).
                 stop = False
                 if step % config.log.every_steps == 0 or step == total:
-                    logger.tick(step, phase.name, {"health/skipped_steps": state.health.skipped})
+                    logger.tick(step, phase.name, _tick_extras(state))
                     stop = _agree(accelerator, signals.received is not None)
                 if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
@@ -179,6 +182,14 @@ def train(config: TrainConfig) -> Path:
         return run_dir
     finally:
         logger.close()
+
+
+def _tick_extras(state: TrainState) -> dict[str, float]:
+    """Health and learning rates, logged beside the losses at every tick."""
+    extras = {"health/skipped_steps": float(state.health.skipped)}
+    for name, optimizer in state.optimizers().items():
+        extras[f"lr/{name}"] = float(optimizer.param_groups[0]["lr"])
+    return extras
 
 
 def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None:
