@@ -14,7 +14,7 @@ from torch import nn
 
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
 from ganpaint.models import build_nets, registry
-from ganpaint.train.backend import Backend, DDPBackend, TrainState
+from ganpaint.train.backend import Backend, DDPBackend, TrainState, accelerate_precision
 from ganpaint.train.steps import StepSettings
 
 
@@ -39,8 +39,40 @@ def _backend_class(run: RunConfig) -> type[Backend]:
     return DeepSpeedBackend
 
 
+def check_launcher(run: RunConfig, environ: dict[str, str] | None = None) -> None:
+    """Refuse launcher settings the run would silently not honour (one line each).
+
+    - Precision: run.mixed_precision is the one source of truth. A launcher asking for another
+      (`accelerate launch --mixed_precision bf16`, or a launch config's value) is refused rather
+      than ignored; the launcher's "no" is accelerate's default and means "not asked".
+    - `accelerate launch --cpu --num_processes N` starts ONE process (accelerate's simple
+      launcher), which would train alone while the user expects N.
+    """
+    environ = os.environ if environ is None else environ
+    launcher = environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher != "no" and launcher != accelerate_precision(run):
+        raise ConfigError(
+            f"accelerate launch asks for mixed precision {launcher!r} but run.mixed_precision is "
+            f"{run.mixed_precision!r}: the training config decides, so pass "
+            f"run.mixed_precision={'fp32' if launcher == 'no' else launcher} or drop the "
+            "launcher's --mixed_precision"
+        )
+    simple_cpu_launch = (
+        environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+        and "MASTER_ADDR" in environ  # set by the simple launcher only when num_processes > 1
+        and "WORLD_SIZE" not in environ
+    )
+    if simple_cpu_launch:
+        raise ConfigError(
+            "`accelerate launch --cpu --num_processes N` starts one process only: for N CPU "
+            "processes use `accelerate launch --config_file launch/cpu2.yaml` (multi_gpu with "
+            "use_cpu) or `torchrun --nproc_per_node N`"
+        )
+
+
 def make_backend(run: RunConfig) -> Backend:
     """One backend (and Accelerator) per process; CPU when asked or when no GPU is present."""
+    check_launcher(run)
     use_cpu = run.cpu or not torch.cuda.is_available()
     if use_cpu and run.mixed_precision == "fp16":
         raise ConfigError("config key 'run.mixed_precision': fp16 needs a GPU; use bf16 on the CPU")
