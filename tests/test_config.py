@@ -116,3 +116,16 @@ def test_launcher_precision_and_cpu_trap_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="--cpu --num_processes N` starts one process"):
         check_launcher(RunConfig(), trap)
     check_launcher(RunConfig(), {**trap, "WORLD_SIZE": "2"})  # a real multi-process launch
+
+
+def test_loader_workers_are_capped_at_the_cores_of_a_process():
+    import os
+
+    from ganpaint.train.setup import fit_workers
+
+    cores = len(os.sched_getaffinity(0))
+    config = config_lib.load(None, [f"data.workers={cores + 4}"])
+    fitted, note = fit_workers(config, local_processes=1)
+    assert fitted.data.workers == cores - 1 and f"capped at {cores - 1}" in note
+    same, none = fit_workers(config_lib.load(None, ["data.workers=0"]), local_processes=1)
+    assert same.data.workers == 0 and none is None

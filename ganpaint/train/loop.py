@@ -9,6 +9,7 @@ save a checkpoint there and return normally, so a requeued job carries on.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ganpaint.train.backend import TrainState
 from ganpaint.train.feed import DataFeed
 from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import boundaries, phase_at, phases
-from ganpaint.train.setup import build_state, make_backend, step_settings
+from ganpaint.train.setup import build_state, fit_workers, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS
 from ganpaint.train.validation import load_validation_set, run_validation
 
@@ -108,8 +109,17 @@ def train(config: TrainConfig) -> Path:
     validation = (
         load_validation_set(config, accelerator.device) if accelerator.is_main_process else None
     )
+    # torchrun and accelerate launch say how many processes share this node
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    loader_config, note = fit_workers(config, local_processes)
+    if note:
+        logger.message(note)
     feed = DataFeed(
-        config, accelerator.process_index, accelerator.num_processes, accelerator.device, run_phases
+        loader_config,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+        run_phases,
     )
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")

@@ -6,6 +6,7 @@ e.g. launch/deepspeed_zero2.yaml) or by run.deepspeed_config, and imported only 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -148,3 +149,17 @@ def step_settings(
         critic_clamp=critic_clamp(config),
         accumulation=config.optim.grad_accum_steps,
     )
+
+
+def fit_workers(config: TrainConfig, local_processes: int) -> tuple[TrainConfig, str | None]:
+    """data.workers capped at the cores this process may use (its share of the node's, less one
+    for the training process itself); returns the config to train with and a note if capped."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(0, (cores or 1) // max(1, local_processes) - 1)
+    if config.data.workers <= share:
+        return config, None
+    note = (
+        f"data.workers {config.data.workers} capped at {share}: {cores} cores for "
+        f"{local_processes} process(es) on this node, one core each for training"
+    )
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, workers=share)), note
