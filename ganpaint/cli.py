@@ -18,10 +18,14 @@ faces on WebDataset shards with one Accelerate loop; evaluate them beside classi
 inpaint your own photos. `ganpaint COMMAND --help` describes each command; `ganpaint config
 --list` lists the presets."""
 
-TRAIN_EPILOG = """Config keys: `ganpaint config --show PRESET` prints every key with its value (and
-comment, in the preset files under configs/). Override any of them as dotted.key=value, e.g.
-`ganpaint train --config demo schedule.total_steps=2000 run.dir=runs/longer`. Re-running the same
-command resumes from the run directory's newest complete checkpoint."""
+TRAIN_EPILOG = """Config keys: `ganpaint config --show PRESET` prints every key with its value (the
+preset files under configs/ comment them). Override any of them as dotted.key=value, e.g.
+`ganpaint train --config demo schedule.total_steps=2000 run.dir=runs/longer`.
+
+Resuming: re-running the same command continues from the run directory's newest complete
+checkpoint; `--resume RUN_DIR` continues with the run's saved config (overrides may change
+anything but the model and the data, and are recorded in RUN_DIR/config_changes.jsonl);
+`--resume-from RUN_DIR/checkpoints/step-N` picks the checkpoint."""
 
 
 def _shards(sub: argparse._SubParsersAction) -> None:
@@ -49,9 +53,23 @@ def _train(sub: argparse._SubParsersAction) -> None:
         help="train in this process (accelerate launch train.py for many)",
         epilog=TRAIN_EPILOG,
     )
-    p.add_argument("--config", required=True, help="a preset name (demo) or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value")
+    add_train_arguments(p)
     p.set_defaults(handler="ganpaint.train.loop:train_command")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `ganpaint train` and of `train.py` (the same loop under a launcher)."""
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--config", help="a preset name (demo) or a YAML path")
+    start.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue this run with its saved config.yaml"
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="CHECKPOINT",
+        help="RUN/checkpoints/step-N: continue from this checkpoint instead of the newest",
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
 
 
 def _config(sub: argparse._SubParsersAction) -> None:

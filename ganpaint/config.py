@@ -351,6 +351,28 @@ def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     ]
 
 
+def _leaves(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every key whose value differs: {dotted key: (saved, current)}."""
+    before, after = _leaves(to_dict(saved)), _leaves(to_dict(current))
+    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+
+
+def fixed_for_a_run(key: str) -> bool:
+    """Keys a run keeps from start to end: the model and the data it learns from. Everything
+    else (learning rates, schedule length, logging, checkpointing) may change on resume."""
+    return key.startswith("model.") or key in MODEL_SHAPING_KEYS or key == "data.shards"
+
+
 def config_command(list_presets: bool, show: str | None, overrides: list[str]) -> int:
     """`ganpaint config`: the preset names, or one config resolved with every key."""
     if show is None or list_presets:

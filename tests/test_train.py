@@ -267,3 +267,47 @@ def test_bad_shard_dir_fails_before_any_work(make_config, tmp_path):
     with pytest.raises(UserError, match="no_shards"):
         train(config)
     assert not Path(config.run.dir).exists()
+
+
+def test_resume_by_run_directory_keeps_data_and_records_changes(
+    synthetic_shards, make_config, tmp_path, capsys
+):
+    from ganpaint.cli import main
+
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 2,
+            "schedule.completion_steps": 1,
+            "schedule.discriminator_steps": 1,
+        },
+    )
+    train(config)
+    run_dir = Path(config.run.dir)
+    # the README's flow: continue the run, longer, with another learning rate
+    assert (
+        main(
+            ["train", "--resume", str(run_dir), "schedule.total_steps=3", "optim.generator_lr=0.5"]
+        )
+        == 0
+    )
+    changes = [
+        json.loads(line) for line in (run_dir / "config_changes.jsonl").read_text().splitlines()
+    ]
+    assert changes == [
+        {
+            "step": 2,
+            "changes": {"optim.generator_lr": [1.0, 0.5], "schedule.total_steps": [2, 3]},
+        }
+    ]
+    assert "resumed" in capsys.readouterr().out
+    # the data (or the model) of a run cannot change, and config.yaml keeps its source
+    other = str(tmp_path / "elsewhere")
+    assert main(["train", "--resume", str(run_dir), f"data.shards={other}"]) == 2
+    assert "data.shards" in capsys.readouterr().err
+    assert str(synthetic_shards) in (run_dir / "config.yaml").read_text()
+    # a chosen checkpoint
+    first = run_dir / "checkpoints" / "step-00000001"
+    assert first.is_dir()
+    assert main(["train", "--resume-from", str(first), "schedule.total_steps=3"]) == 0
+    assert "resumed" in capsys.readouterr().out

@@ -9,6 +9,7 @@ save a checkpoint there and return normally, so a requeued job carries on.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -63,8 +64,40 @@ def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
     return torch.tensor(manifest["mean_rgb"], dtype=torch.float32)
 
 
-def _resume(state: TrainState, config: TrainConfig, run_dir: Path) -> int:
-    path = checkpoint.latest(run_dir)
+def _settings_changes(config: TrainConfig, run_dir: Path) -> dict:
+    """What this command changes in the run's saved config.yaml: refused (one line) for the model
+    and the data, returned for the rest (recorded by the caller)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return {}
+    saved = config_lib.load(saved_path, [f"run.dir={config.run.dir}"])
+    changes = config_lib.differences(saved, config)
+    fixed = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, (old, new) in changes.items()
+        if config_lib.fixed_for_a_run(key)
+    ]
+    if fixed:
+        raise UserError(
+            f"{saved_path} trains another model or on other data ({'; '.join(fixed)}): "
+            f"continue the run with `--resume {run_dir}` (its saved config) or use a new run.dir"
+        )
+    return changes
+
+
+def _record_changes(run_dir: Path, step: int, changes: dict, logger: RunLogger) -> None:
+    if not changes:
+        return
+    text = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+    logger.message(f"continuing {run_dir} at step {step} with changed settings: {text}")
+    with (run_dir / "config_changes.jsonl").open("a") as record:
+        record.write(json.dumps({"step": step, "changes": changes}) + "\n")
+
+
+def _resume(
+    state: TrainState, config: TrainConfig, run_dir: Path, chosen: Path | None = None
+) -> int:
+    path = chosen or checkpoint.latest(run_dir)
     if path is None:
         return 0
     saved = checkpoint.read_state(path)
@@ -81,14 +114,18 @@ def _agree(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
-def train(config: TrainConfig) -> Path:
-    """Train `config` to schedule.total_steps (or until a stop signal). Returns the run dir."""
+def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
+    """Train `config` to schedule.total_steps (or until a stop signal). Returns the run dir.
+
+    Resumes from the run directory's newest checkpoint, or from `resume_from` (a checkpoint
+    directory of this run) when given."""
     # Setup: everything that can refuse the run does so before any training work.
     backend = make_backend(config.run)
     accelerator = backend.accelerator
     config_lib.validate(config, accelerator.num_processes)
-    manifest = read_manifest(config.data.shards)
     run_dir = Path(config.run.dir)
+    changes = _settings_changes(config, run_dir)
+    manifest = read_manifest(config.data.shards)
     fill_rgb = _fill_colour(config, manifest)
     state = build_state(config, backend)
     settings = step_settings(config, fill_rgb, accelerator.device)
@@ -97,7 +134,7 @@ def train(config: TrainConfig) -> Path:
     total = config.schedule.total_steps
 
     # Resume: the newest checkpoint of this run directory, if any, in the right phase.
-    step = _resume(state, config, run_dir)
+    step = _resume(state, config, run_dir, Path(resume_from) if resume_from else None)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -123,6 +160,8 @@ def train(config: TrainConfig) -> Path:
     )
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
+    if accelerator.is_main_process:
+        _record_changes(run_dir, step, changes, logger)
     plain_generator = plain_module(state.generator)
 
     def save(at_step: int) -> None:
@@ -219,7 +258,24 @@ def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None
         logger.message(line)
 
 
-def train_command(config: str, overrides: list[str]) -> int:
-    """`ganpaint train`: the same loop, in this process."""
-    train(config_lib.load(config, overrides))
+def train_command(
+    config: str | None, resume: str | None, resume_from: str | None, overrides: list[str]
+) -> int:
+    """`ganpaint train` and `train.py`: a config (a new run, or the same command again), or
+    `--resume RUN_DIR` (its saved config, with overrides that keep the model and the data), or
+    `--resume-from CHECKPOINT` (that checkpoint of its run)."""
+    if resume_from and not (config or resume):
+        resume = str(Path(resume_from).resolve().parent.parent)  # RUN/checkpoints/step-N
+    if not (config or resume):
+        raise UserError("give --config PRESET_OR_YAML (a run) or --resume RUN_DIR")
+    if resume:
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(
+                f"--resume {resume}: no config.yaml there (not a ganpaint run directory)"
+            )
+        config, overrides = str(saved), [*overrides, f"run.dir={resume}"]
+    if resume_from and not (Path(resume_from) / "state.json").is_file():
+        raise UserError(f"--resume-from {resume_from}: not a checkpoint directory (no state.json)")
+    train(config_lib.load(config, overrides), resume_from=resume_from)
     return 0
