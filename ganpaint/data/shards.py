@@ -229,6 +229,13 @@ def pack(
         )
     if not manifest["splits"]["train"]["count"]:
         warnings.warn(f"{output}: no train images; mean_rgb is taken over all splits", stacklevel=2)
+    for split in ("val", "test"):
+        if not manifest["splits"][split]["count"]:
+            warnings.warn(
+                f"{output}: split {split!r} is empty: training validates and `ganpaint eval` "
+                "scores on another split, which it names",
+                stacklevel=2,
+            )
     write_json(output / MANIFEST, manifest)
     remove_stale_shards(output, keep=tuple(task.name for task in tasks))
     shutil.rmtree(output / STATE_DIR, ignore_errors=True)

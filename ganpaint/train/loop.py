@@ -228,6 +228,9 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 step,
             )
             _report(run_dir, show(step), logger)
+            logger.message(
+                f"validation set: {len(validation.images)} images of split {validation.split!r}"
+            )
         return run_dir
     finally:
         logger.close()

@@ -15,7 +15,7 @@ from torchvision.utils import make_grid
 from ganpaint.completion import complete, fill_holes
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
-from ganpaint.data.stream import val_batch
+from ganpaint.data.stream import held_out_split, val_batch
 from ganpaint.eval.metrics import psnr
 from ganpaint.models.layers import evaluating
 from ganpaint.train.steps import StepSettings
@@ -27,11 +27,13 @@ VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training 
 class ValidationSet:
     images: torch.Tensor  # [N,3,H,W] float in [0,1]
     hole_mask: torch.Tensor  # [N,1,H,W]
-    latent: torch.Tensor  # dcgan: fixed z [N, latent_dim]
+    latent: torch.Tensor  # generation families: fixed z [N, latent_dim]
+    split: str = "val"  # the shard split the images come from
 
 
 def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
-    images = val_batch(config.data, config.data.val_images).to(device).float() / 255
+    split = held_out_split(config.data.shards, config.data.val_split)
+    images = val_batch(config.data, config.data.val_images, split).to(device).float() / 255
     count = images.shape[0]
     seed = config.run.seed + VALIDATION_SEED_OFFSET
     holes = make_holes(
@@ -43,7 +45,7 @@ def load_validation_set(config: TrainConfig, device: torch.device) -> Validation
         generator=torch.Generator(device).manual_seed(seed),
         device=device,
     )
-    return ValidationSet(images, holes.hole_mask, latent)
+    return ValidationSet(images, holes.hole_mask, latent, split)
 
 
 @torch.no_grad()
