@@ -10,6 +10,7 @@ cross-field rules (hole <= local area <= image, phase lengths, family constraint
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,16 @@ BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
+# accelerate's tracker names -> the module each needs
+TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+}
 HOLE_FILLS = ("mean", "zero")
 
 
@@ -115,6 +126,9 @@ class LogConfig:
     every_steps: int = 10  # scalars to TensorBoard, stats.jsonl and the console
     image_every_steps: int = 100  # image grid of the fixed validation batch
     progress: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain | none
+    # experiment trackers: tensorboard (RUN/tb, with image grids) and any of accelerate's others
+    # (wandb, mlflow, comet_ml, aim, clearml, dvclive), each installed separately
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass(frozen=True)
@@ -232,6 +246,12 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
     _choice("log.progress", config.log.progress, PROGRESS_MODES)
+    for tracker in config.log.trackers:
+        _choice("log.trackers", tracker, tuple(TRACKER_MODULES))
+        if importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
+            raise ConfigError(
+                f"config key 'log.trackers': {tracker} is not installed: pip install {tracker}"
+            )
     for key in (
         "data.image_px",
         "data.batch_size",

@@ -311,3 +311,36 @@ def test_resume_by_run_directory_keeps_data_and_records_changes(
     assert first.is_dir()
     assert main(["train", "--resume-from", str(first), "schedule.total_steps=3"]) == 0
     assert "resumed" in capsys.readouterr().out
+
+
+def test_other_experiment_trackers_get_the_scalars(
+    synthetic_shards, make_config, tmp_path, monkeypatch
+):
+    """accelerate's trackers, here wandb offline (writes files, no network)."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 2,
+            "schedule.completion_steps": 1,
+            "schedule.discriminator_steps": 1,
+            "log.every_steps": 1,
+            "log.trackers": "[tensorboard,wandb]",
+        },
+    )
+    run_dir = train(config)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert any((run_dir / "tb").iterdir())  # TensorBoard still written
+
+
+def test_a_tracker_that_is_not_installed_is_one_line(synthetic_shards, make_config):
+    from ganpaint.config import ConfigError
+
+    with pytest.raises(ConfigError, match="log.trackers.*aim is not installed: pip install aim"):
+        make_config(synthetic_shards, **{"log.trackers": "[aim]"})
+    with pytest.raises(ConfigError, match="log.trackers.*'nope' is not one of"):
+        make_config(synthetic_shards, **{"log.trackers": "[nope]"})

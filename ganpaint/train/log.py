@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -40,7 +41,11 @@ class RunLogger:
         total_steps: int,
         start_step: int,
         device: torch.device,
+        trackers: Accelerator | None = None,
+        config_values: dict | None = None,
     ) -> None:
+        """`trackers`: an Accelerator made with accelerate's other trackers (log_with), which
+        get every tick's scalars too; `config_values` are recorded with them."""
         self.log, self.is_main, self.device = log, is_main, device
         self.total_steps, self.start_step = total_steps, start_step
         self.run_started = time.perf_counter()
@@ -50,12 +55,16 @@ class RunLogger:
         self.tick_started = time.perf_counter()
         self.console = Console(stderr=False)
         self.writer = None
+        self.trackers = trackers
         self.progress: Progress | None = None
         if not is_main:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in log.trackers:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        if trackers is not None:
+            trackers.init_trackers(run_dir.name, config=_flat(config_values or {}))
         _rewind_stats(run_dir / "stats.jsonl", start_step)
         self.stats = (run_dir / "stats.jsonl").open("a")
         mode = log.progress
@@ -106,8 +115,7 @@ class RunLogger:
         return row
 
     def _write(self, step: int, phase_name: str, row: dict, means: dict) -> None:
-        for key, value in row.items():
-            self.writer.add_scalar(key, value, step)
+        self.scalars(step, row)
         self.stats.write(
             json.dumps({"step": step, "phase": phase_name, "time": time.time(), **row}) + "\n"
         )
@@ -133,13 +141,17 @@ class RunLogger:
         return f"elapsed {_clock(elapsed)} eta {_clock(remaining)}"
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.is_main:
+        if not self.is_main:
+            return
+        if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log(values, step=step)
 
     def image_grid(self, step: int, tag: str, grid: torch.Tensor) -> None:
-        """grid: [3,H,W] float in [0,1]."""
-        if self.is_main:
+        """grid: [3,H,W] float in [0,1] (TensorBoard; the grids are also in RUN/samples/)."""
+        if self.is_main and self.writer is not None:
             self.writer.add_image(tag, grid.clamp(0, 1), step)
 
     def message(self, text: str) -> None:
@@ -151,7 +163,11 @@ class RunLogger:
             self.progress.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.is_main:
             self.stats.close()
+        if self.trackers is not None and self.is_main:
+            for tracker in self.trackers.trackers:  # not end_training: the group stays up
+                tracker.finish()
 
 
 def _clock(seconds: float) -> str:
@@ -176,3 +192,16 @@ def _row_step(line: str) -> int:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return sys.maxsize  # the torn last line of a killed run: dropped with the rows past it
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, object]:
+    """A config as flat dotted keys with scalar values, which every tracker accepts."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = (
+                value if isinstance(value, int | float | str | bool) else str(value)
+            )
+    return flat

@@ -120,7 +120,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     Resumes from the run directory's newest checkpoint, or from `resume_from` (a checkpoint
     directory of this run) when given."""
     # Setup: everything that can refuse the run does so before any training work.
-    backend = make_backend(config.run)
+    others = [name for name in config.log.trackers if name != "tensorboard"]
+    backend = make_backend(config.run, others)
     accelerator = backend.accelerator
     config_lib.validate(config, accelerator.num_processes)
     run_dir = Path(config.run.dir)
@@ -141,7 +142,14 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         config_lib.save(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     logger = RunLogger(
-        run_dir, config.log, accelerator.is_main_process, total, step, accelerator.device
+        run_dir,
+        config.log,
+        accelerator.is_main_process,
+        total,
+        step,
+        accelerator.device,
+        trackers=accelerator if others else None,
+        config_values=config_lib.to_dict(config),
     )
     validation = (
         load_validation_set(config, accelerator.device) if accelerator.is_main_process else None

@@ -71,8 +71,10 @@ def check_launcher(run: RunConfig, environ: dict[str, str] | None = None) -> Non
         )
 
 
-def make_backend(run: RunConfig) -> Backend:
-    """One backend (and Accelerator) per process; CPU when asked or when no GPU is present."""
+def make_backend(run: RunConfig, trackers: list[str] | tuple[str, ...] = ()) -> Backend:
+    """One backend (and Accelerator) per process; CPU when asked or when no GPU is present.
+
+    `trackers`: accelerate's experiment trackers to log to besides TensorBoard (wandb, ...)."""
     check_launcher(run)
     use_cpu = run.cpu or not torch.cuda.is_available()
     if use_cpu and run.mixed_precision == "fp16":
@@ -83,7 +85,7 @@ def make_backend(run: RunConfig) -> Backend:
             "supports it only for CUDA modules)"
         )
     backend_class = _backend_class(run)
-    accelerator = backend_class.make_accelerator(run, use_cpu)
+    accelerator = backend_class.make_accelerator(run, use_cpu, list(trackers))
     # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
     # unsynchronised single processes: refuse that instead of training N separate models.
     expected = int(os.environ.get("WORLD_SIZE", 1))
