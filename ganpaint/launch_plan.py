@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganpaint import config as config_lib
 from ganpaint.errors import UserError
 
 # A fixed port per job, derived from the job id so that two jobs sharing a node do not collide;
@@ -193,6 +192,9 @@ def node_command(
 
 def run_dir(config: str, overrides: Sequence[str]) -> Path:
     """The run directory the training config names; loading it rejects a bad config early."""
+    # Imported here, not at the top: the node supervisor installs its signal handlers first.
+    from ganpaint import config as config_lib
+
     return Path(config_lib.load(config, list(overrides)).run.dir).absolute()
 
 
@@ -249,7 +251,16 @@ class StopRelay:
         arrives before the launcher has started its training processes waits until they exist.
         """
         try:
-            launcher = subprocess.Popen(list(command), start_new_session=True)
+            # The launcher inherits the stop signals blocked, and its training processes from it:
+            # SLURM signals every process of a job step, and the torchrun agent inside
+            # `accelerate launch` dies of SIGUSR1 (and kills its workers 30 s after a SIGTERM).
+            # The training loop unblocks them once its handlers are in place (StopSignals); a
+            # signal that arrives before then waits, blocked, instead of being lost.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                launcher = subprocess.Popen(list(command), start_new_session=True)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             passed_on = 0
             while launcher.poll() is None:
                 if len(self.received) > passed_on and _pass_on(launcher.pid, self.received[-1]):

@@ -221,6 +221,7 @@ import signal, subprocess, sys, time
 from pathlib import Path
 stop = []
 signal.signal(signal.SIGUSR1, lambda number, frame: stop.append(number))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # as the training loop does
 loader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 out = Path(sys.argv[1])
 (out / f"ready-{sys.argv[2]}").write_text("")
@@ -257,6 +258,18 @@ def test_stop_relay_signals_the_training_processes_only(tmp_path):
     assert [(tmp_path / f"stopped-{rank}").read_text() for rank in range(2)] == [
         "loader alive: True"
     ] * 2
+
+
+def test_stop_relay_starts_the_launcher_with_the_stop_signals_blocked(tmp_path):
+    # SLURM signals every process of the job step: the launcher must not die of it.
+    report = tmp_path / "mask"
+    script = (
+        "import signal, sys; blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
+        "open(sys.argv[1], 'w').write(' '.join(sorted(number.name for number in blocked)))"
+    )
+    assert StopRelay().run([sys.executable, "-c", script, str(report)], poll_s=0.05) == 0
+    assert {"SIGTERM", "SIGUSR1"} <= set(report.read_text().split())
+    assert not {signal.SIGTERM, signal.SIGUSR1} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_stop_relay_reports_a_death_by_signal():
