@@ -267,15 +267,17 @@ def test_stop_relay_starts_the_launcher_with_the_stop_signals_blocked(tmp_path):
         "import signal, sys; blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
         "open(sys.argv[1], 'w').write(' '.join(sorted(number.name for number in blocked)))"
     )
-    assert StopRelay().run([sys.executable, "-c", script, str(report)], poll_s=0.05) == 0
+    with StopRelay() as relay:
+        assert relay.run([sys.executable, "-c", script, str(report)], poll_s=0.05) == 0
     assert {"SIGTERM", "SIGUSR1"} <= set(report.read_text().split())
     assert not {signal.SIGTERM, signal.SIGUSR1} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_stop_relay_reports_a_death_by_signal():
-    relay = StopRelay()
-    assert relay.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 128 + 9
-    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
+    with StopRelay() as relay:
+        assert relay.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 128 + 9
+        assert signal.getsignal(signal.SIGUSR1) == relay._record  # kept until the supervisor ends
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored on leaving
 
 
 # Stand-ins for the SLURM binaries: srun runs its one task here (forwarding signals, writing the

@@ -183,10 +183,13 @@ def test_scancel_checkpoints_and_ends_without_requeue(submit, slurm):
     job.wait_training(25)
     cancelled = time.time()
     slurm.run(["scancel", job.job_id])
-    # More signals while the stop and its checkpoint are under way: TERM and USR1, every 50 ms,
-    # to every process of the job step, as Slurm delivers them, until the checkpoint is complete.
-    sent = 0
-    while not marker_path(job.run_dir).exists() and time.time() - cancelled < 20:
+    # More signals while the stop, its checkpoint and the exit are under way: TERM and USR1,
+    # every 50 ms, to every process of the job step as Slurm delivers them, until 1 s after the
+    # checkpoint is complete.
+    sent, marker = 0, marker_path(job.run_dir)
+    while time.time() - cancelled < 20 and (
+        not marker.exists() or time.time() - marker.stat().st_mtime < 1
+    ):
         for pid in step_processes(job.job_id):
             for number in (signal.SIGTERM, signal.SIGUSR1):
                 try:
@@ -195,7 +198,7 @@ def test_scancel_checkpoints_and_ends_without_requeue(submit, slurm):
                 except ProcessLookupError:
                     pass
         time.sleep(0.05)
-    saved_after = marker_path(job.run_dir).stat().st_mtime - cancelled
+    saved_after = marker.stat().st_mtime - cancelled
     info = job.wait_final(60)
     ended_after = time.time() - cancelled
 
@@ -213,6 +216,7 @@ def test_scancel_checkpoints_and_ends_without_requeue(submit, slurm):
     assert not list((job.run_dir / "checkpoints").glob("*.tmp"))
     assert f"training stopped cleanly on {names} at step {step}" in job.log("batch")
     assert "requeueing" not in job.log("batch")
+    assert "srun exited with status 0" in job.log("batch")  # no process died of the signals
     assert ended_after < slurm.kill_wait_s  # every process ended by itself, none was killed
     print(
         f"scancel: checkpoint complete +{saved_after:.1f} s, job over +{ended_after:.1f} s "
@@ -280,29 +284,53 @@ echo "srun exited $status" >> "$log"
 """
 
 
+PROBE_PLAIN = r"""#!/bin/bash
+srun --ntasks=1 bash "$2" task "$1" spawn
+"""
+
+
+def _probe(slurm: SlurmCluster, tmp_path: Path, batch_text: str):
+    """Submit a probe batch script; returns the job and a reader of the signal log's lines."""
+    log, probe, batch = tmp_path / "signals.log", tmp_path / "probe.sh", tmp_path / "batch.sh"
+    probe.write_text(PROBE_TASK)
+    batch.write_text(batch_text)
+    options = ["--cpus-per-task=1", f"--output={tmp_path / 'out'}"]
+    job = Job(slurm, slurm.submit([*options, str(batch), str(log), str(probe)]), tmp_path)
+
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    return job, lines
+
+
+TREE = ["task", "task/child", "task/new-session"]
+
+
 def test_what_slurm_signals(slurm, tmp_path):
     """The facts behind launch/slurm/job.sh: `scancel --batch` reaches the batch shell alone,
     srun passes a USR1 on to every process of its step (other sessions included), and srun
     answers a TERM of its own by killing the step at once (SIGKILL, no TERM first)."""
-    log, probe, batch = tmp_path / "signals.log", tmp_path / "probe.sh", tmp_path / "batch.sh"
-    probe.write_text(PROBE_TASK)
-    batch.write_text(PROBE_BATCH)
-    job = Job(
-        slurm,
-        slurm.submit(
-            ["--cpus-per-task=1", f"--output={tmp_path / 'out'}", str(batch), str(log), str(probe)]
-        ),
-        tmp_path,
-    )
-    lines = lambda: log.read_text().splitlines() if log.exists() else []  # noqa: E731
+    job, lines = _probe(slurm, tmp_path, PROBE_BATCH)
     job.watch(lambda info: finished(info) or sum("ready" in line for line in lines()) == 4, 60)
     job.signal_batch("USR1")
-    tree = ["task", "task/child", "task/new-session"]
-    job.watch(lambda info: finished(info) or {f"{who} USR1" for who in tree} <= set(lines()), 30)
+    job.watch(lambda info: finished(info) or {f"{who} USR1" for who in TREE} <= set(lines()), 30)
     time.sleep(1)
     assert "batch USR1" in lines() and "batch/child USR1" not in lines()
     job.signal_batch("TERM")
     job.wait_final(30)
-    assert "srun exited 137" in lines() and not [
-        line for line in lines() if "task" in line and "TERM" in line
-    ]
+    assert "srun exited 137" in lines()
+    assert not [line for line in lines() if line.startswith("task") and "TERM" in line]
+
+
+def test_scancel_terms_every_process_and_kills_after_kill_wait(slurm, tmp_path):
+    job, lines = _probe(slurm, tmp_path, PROBE_PLAIN)
+    job.watch(lambda info: finished(info) or sum("ready" in line for line in lines()) == 3, 60)
+    cancelled = time.time()
+    slurm.run(["scancel", job.job_id])
+    job.wait_final(slurm.kill_wait_s + 30)
+    killed_after = time.time() - cancelled
+    assert {f"{who} TERM" for who in TREE} <= set(lines())
+    assert slurm.kill_wait_s - 1 < killed_after < slurm.kill_wait_s + 15
+    print(
+        f"scancel: TERM to every process; those that stayed were killed {killed_after:.0f} s later"
+    )

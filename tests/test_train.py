@@ -270,13 +270,17 @@ def test_signal_held_back_during_start_up_stops_before_the_first_step(
     config = make_config(synthetic_shards, **FAMILY_OVERRIDES["glcic"])
     # As under the SLURM node supervisor: the stop signals blocked from the start, one pending.
     stops = {signal.SIGTERM, signal.SIGUSR1}
+    handlers = {number: signal.getsignal(number) for number in stops}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         run_dir = train(config)
         assert stops <= signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask it found
+        assert {signal.getsignal(number) for number in stops} == {signal.SIG_IGN}
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
     assert marker_path(run_dir).read_text() == "SIGUSR1 0 -\n"
     assert checkpoint.latest(run_dir) is None and not (run_dir / "export").exists()
 

@@ -41,7 +41,8 @@ class StopSignals:
     A launcher may start this process with those signals blocked (the SLURM node supervisor in
     ganpaint/launch_plan.py does, because SLURM signals every process of a job step): entering
     unblocks them, so one that arrived during start-up is delivered here, and leaving restores the
-    mask, so one that arrives after the loop cannot kill a process that has finished its work.
+    mask (and ignores the signals it held back), so one that arrives after the loop cannot kill a
+    process that has finished its work.
     """
 
     NUMBERS = (signal.SIGTERM, signal.SIGUSR1)
@@ -65,7 +66,11 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, self.previous_mask)
         for number, handler in self.previous.items():
-            signal.signal(number, handler)
+            # A signal the launcher held back stays harmless after the loop as well: threads
+            # started meanwhile do not block it, and its default action would end the process
+            # in the middle of its exit barrier.
+            held_back = number in self.previous_mask
+            signal.signal(number, signal.SIG_IGN if held_back else handler)
 
 
 class DataFeed:
