@@ -125,7 +125,7 @@ class SlurmCluster:
             (state / node).mkdir()
         lines = [
             "ClusterName=ganpaint",
-            f"SlurmctldHost={self.host}",
+            f"SlurmctldHost={self.host}(127.0.0.1)",
             f"SlurmctldPort={_free_port()}",
             "SlurmUser=root",
             "AuthType=auth/munge",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,12 +79,26 @@ def test_expand_hostlist_rejects_malformed(nodelist):
         expand_hostlist(nodelist)
 
 
+@functools.cache
+def _path_without_scontrol() -> str:
+    """PATH with each directory that holds scontrol (often /usr/bin, next to bash) replaced by a
+    mirror of its other programs."""
+    parts = []
+    for part in os.environ["PATH"].split(os.pathsep):
+        if (Path(part) / "scontrol").exists():
+            mirror = Path(tempfile.mkdtemp(prefix="path-without-scontrol-"))
+            atexit.register(shutil.rmtree, mirror, True)
+            for program in Path(part).iterdir():
+                if program.name != "scontrol":
+                    (mirror / program.name).symlink_to(program)
+            part = str(mirror)
+        parts.append(part)
+    return os.pathsep.join(parts)
+
+
 def _env_without_scontrol(extra: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
-    env["PATH"] = os.pathsep.join(
-        part for part in env["PATH"].split(os.pathsep) if not (Path(part) / "scontrol").exists()
-    )
-    return {**env, **extra}
+    return {**env, "PATH": _path_without_scontrol(), **extra}
 
 
 def _run_script(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
