@@ -31,7 +31,7 @@ test: setup  ## the default test suite (a few minutes on 2 CPU cores)
 test-all: setup  ## every test but the Slurm ones, slow included (GPU tests skip without a GPU)
 	$(PY) -m pytest -q -m "not slurm"
 
-test-slurm: setup  ## real Slurm jobs on a local cluster (root: installs slurm-wlm + munge; ~7 min)
+test-slurm: setup  ## real Slurm jobs on a local cluster (root: installs slurm-wlm + munge; ~8 min)
 	$(PY) tests/slurm_cluster.py install
 	$(PY) -m pytest -q -m slurm -rP
 
