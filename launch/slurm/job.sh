@@ -6,13 +6,13 @@
 # PYTHON (default: $GANPAINT_ROOT/.venv/bin/python), ACCELERATE_CONFIG, GPUS_PER_NODE, MAIN_PORT.
 #
 # Stop and requeue. SIGUSR1 means "stop and come back", SIGTERM means "stop". What SLURM signals
-# (measured on Slurm 22.05): --signal=B:USR1@N and `scancel --signal=USR1 --batch` reach this
-# shell alone; srun passes a USR1 on to every process of its job step (the whole process tree
-# under proctrack/linuxproc, the whole cgroup under proctrack/cgroup), and kills the step at once
-# when it gets a TERM itself; scancel, the time limit and preemption send TERM to every process
-# of the job, and KILL after KillWait. So this shell forwards USR1 (never TERM) to srun; the
-# launch_plan node supervisor and the launcher keep the signals blocked or handled, and the loop
-# on every rank trains on to its next log tick, saves a checkpoint, writes
+# (measured on Slurm 22.05, tests/test_slurm.py): --signal=B:USR1@N and `scancel --signal=USR1
+# --batch` reach this shell alone; srun passes a USR1 on to every process of its job step (the
+# whole process tree with proctrack/linuxproc; the cgroup with proctrack/cgroup), and kills the
+# step at once when it gets a TERM itself; scancel, the time limit and preemption send TERM to
+# every process of the job, and KILL after KillWait. So this shell forwards USR1 (never TERM) to
+# srun; the launch_plan node supervisor and the launcher keep the signals handled or blocked, and
+# the loop on every rank trains on to its next log tick, saves a checkpoint, writes
 # RUN_DIR/stopped_by_signal and exits. That marker, not srun's exit status, says the checkpoint
 # is complete: after a USR1 (seen here or by the training) and no TERM, this shell requeues the
 # job (#SBATCH --requeue), which resumes from the checkpoint with the same arguments.
@@ -59,7 +59,10 @@ trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
 requeue() {
     echo "=== $(date '+%F %T.%3N') $1: requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
+    if ! scontrol requeue "$SLURM_JOB_ID"; then
+        echo "=== requeue refused (was the job submitted with --no-requeue?): submit the same command again to resume"
+        exit 1
+    fi
     exit 0
 }
 
