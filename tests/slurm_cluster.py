@@ -1,8 +1,8 @@
 """A real Slurm on this machine for the tests: munged, slurmctld and one or more slurmd, all state
 under one temporary directory, started here and stopped by pid.
 
-Debian's `slurm-wlm` and `munge` packages are installed when missing and this is root with apt;
-otherwise `unavailable()` says why, and the tests skip. Two nodes are emulated on one host by two
+Root only (the daemons run as root and munge). Debian's `slurm-wlm` and `munge` packages are
+installed when missing and apt-get is there; otherwise `install()` says why, and the tests skip. Two nodes are emulated on one host by two
 slurmd (`slurmd -N NAME`, each on its own port), which Debian's build allows.
 
     python tests/slurm_cluster.py install      # apt-get install when missing (make test-slurm)
@@ -36,11 +36,14 @@ def _sbin_path() -> str:
 
 
 def install() -> str | None:
-    """Install the packages when missing; returns why Slurm cannot run here, or None."""
-    if not _missing_binaries():
+    """Install the packages when missing; returns why the Slurm tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the Slurm tests start munged, slurmctld and slurmd: run them as root"
+    missing = _missing_binaries()
+    if not missing:
         return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"Slurm is not installed ({', '.join(_missing_binaries())} missing) and this is not root with apt-get"
+    if shutil.which("apt-get") is None:
+        return f"Slurm is not installed ({', '.join(missing)} missing) and apt-get is absent"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
         done = subprocess.run(
