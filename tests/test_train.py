@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ganpaint import losses
 from ganpaint.errors import UserError
 from ganpaint.train import checkpoint
 from ganpaint.train.loop import TrainingDiverged, train
+from ganpaint.train.stop import marker_path
 
 ROOT = Path(__file__).parent.parent
 
@@ -246,6 +248,8 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     # The stop checkpoint is the newest (phase-end checkpoints may precede it).
     stopped_at = checkpoint.saved_steps(run_dir)[-1][0]
     assert 0 < stopped_at < 400 and "stop signal" in out
+    marker = f"SIGTERM {stopped_at} checkpoints/step-{stopped_at:08d}\n"
+    assert marker_path(run_dir).read_text() == marker
     again = subprocess.run(
         command[:-3]
         + [
@@ -260,6 +264,27 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     assert again.returncode == 0, again.stderr
     assert f"resumed {run_dir} at step {stopped_at}" in again.stdout
     assert stats(run_dir)[-1]["step"] == stopped_at + 2
+
+
+def test_signal_held_back_during_start_up_stops_before_the_first_step(
+    synthetic_shards, make_config
+):
+    config = make_config(synthetic_shards, **FAMILY_OVERRIDES["glcic"])
+    # As under the SLURM node supervisor: the stop signals blocked from the start, one pending.
+    stops = {signal.SIGTERM, signal.SIGUSR1}
+    handlers = {number: signal.getsignal(number) for number in stops}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        run_dir = train(config)
+        assert stops <= signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask it found
+        assert {signal.getsignal(number) for number in stops} == {signal.SIG_IGN}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert marker_path(run_dir).read_text() == "SIGUSR1 0 -\n"
+    assert checkpoint.latest(run_dir) is None and not (run_dir / "export").exists()
 
 
 def test_bad_shard_dir_fails_before_any_work(make_config, tmp_path):

@@ -31,6 +31,7 @@ from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import boundaries, phase_at, phases
 from ganpaint.train.setup import build_state, fit_workers, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS
+from ganpaint.train.stop import write_marker
 from ganpaint.train.validation import load_validation_set, run_validation
 
 
@@ -39,23 +40,41 @@ class TrainingDiverged(UserError):
 
 
 class StopSignals:
-    """Remembers SIGTERM / SIGUSR1 so the loop can stop at a step boundary."""
+    """Remembers SIGTERM / SIGUSR1 so the loop can stop at a step boundary.
+
+    A launcher may start this process with those signals blocked (the SLURM node supervisor in
+    ganpaint/launch_plan.py does, because SLURM signals every process of a job step): entering
+    unblocks them, so one that arrived during start-up is delivered here, and leaving restores the
+    mask (and ignores the signals it held back), so one that arrives after the loop cannot kill a
+    process that has finished its work.
+    """
+
+    NUMBERS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.seen: set[int] = set()
         self.previous = {}
+        self.previous_mask: set[int] = set()
 
     def __enter__(self) -> StopSignals:
-        for number in (signal.SIGTERM, signal.SIGUSR1):
+        for number in self.NUMBERS:
             self.previous[number] = signal.signal(number, self._handle)
+        self.previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, self.NUMBERS)
         return self
 
     def _handle(self, number: int, frame) -> None:
         self.received = number
+        self.seen.add(number)
 
     def __exit__(self, *exc) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.previous_mask)
         for number, handler in self.previous.items():
-            signal.signal(number, handler)
+            # A signal the launcher held back stays harmless after the loop as well: threads
+            # started meanwhile do not block it, and its default action would end the process
+            # in the middle of its exit barrier.
+            held_back = number in self.previous_mask
+            signal.signal(number, signal.SIG_IGN if held_back else handler)
 
 
 def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
@@ -172,8 +191,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         _record_changes(run_dir, step, changes, logger)
     plain_generator = plain_module(state.generator)
 
-    def save(at_step: int) -> None:
-        checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
+    def save(at_step: int) -> Path:
+        return checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
 
     def show(at_step: int) -> dict[str, float]:
         if not accelerator.is_main_process:
@@ -190,6 +209,17 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     # Loop: one phase step per iteration; the phase is derived from the step, never stored.
     try:
         with StopSignals() as signals:
+
+            def stopped(saved: Path | None) -> Path:
+                if accelerator.is_main_process:
+                    write_marker(run_dir, signals.seen, step, saved)
+                return run_dir
+
+            # A stop signal held back during start-up ends the run before its first step: there
+            # is nothing new to save, and the time before SLURM's kill is better left unused.
+            if _agree(accelerator, signals.received is not None):
+                logger.message(f"stop signal before step {step}: nothing new to save")
+                return stopped(None)
             while step < total:
                 phase = phase_at(step, run_phases)
                 losses = STEP_FUNCTIONS[phase.kind](state, settings, feed.batches(step))
@@ -214,13 +244,13 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
 
                 # Save: every checkpoint.every_steps, at phase ends, at the end, or when signalled.
                 if stop or step % config.checkpoint.every_steps == 0 or step in phase_ends:
-                    save(step)
+                    saved = save(step)
                 if stop:
                     logger.message(
                         f"stop signal: checkpoint saved at step {step}; run the same "
                         "command again to continue"
                     )
-                    return run_dir
+                    return stopped(saved)
 
         # Finish: inference export and the validation figures of the trained net.
         save(step)
