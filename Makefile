@@ -11,7 +11,7 @@ SHARD_SIZE ?= 256
 WORKERS    ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint format demo shards bench clean
+.PHONY: help setup test test-all test-slurm lint format demo shards bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,12 @@ setup: $(VENV)/.installed  ## build .venv and install ganpaint with its dev extr
 test: setup  ## the default test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q
 
-test-all: setup  ## every test, slow ones included (GPU tests skip without a GPU)
-	$(PY) -m pytest -q -m "slow or not slow"
+test-all: setup  ## every test but the Slurm ones, slow included (GPU tests skip without a GPU)
+	$(PY) -m pytest -q -m "not slurm"
+
+test-slurm: setup  ## real Slurm jobs on a local cluster (root: installs slurm-wlm + munge; ~8 min)
+	$(PY) tests/slurm_cluster.py install
+	$(PY) -m pytest -q -m slurm -rP
 
 lint: setup  ## ruff lint + format check
 	$(VENV)/bin/ruff check ganpaint tests train.py

@@ -1,25 +1,25 @@
-"""Train a ganpaint model: `accelerate launch train.py --config configs/NAME.yaml [key=value ...]`."""
+"""Train a ganpaint model: `accelerate launch train.py --config NAME_OR_YAML [key=value ...]`.
+
+`--resume RUN_DIR` continues a run with its saved config; `ganpaint train --help` says more.
+"""
 
 import argparse
 import os
 import sys
 
-from ganpaint import config as config_lib
+from ganpaint.cli import add_train_arguments
 from ganpaint.errors import UserError
-from ganpaint.train.loop import train
+from ganpaint.train.loop import train_command
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="configs/NAME.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
-    args = parser.parse_args()
+    add_train_arguments(parser)
     try:
-        train(config_lib.load(args.config, args.overrides))
+        return train_command(**vars(parser.parse_args()))
     except UserError as error:
         print(f"train.py: error: {error}", file=sys.stderr, flush=True)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ cross-field rules (hole <= local area <= image, phase lengths, family constraint
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,16 @@ BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
+# accelerate's tracker names -> the module each needs
+TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+}
 HOLE_FILLS = ("mean", "zero")
 LOCAL_PLACEMENTS = ("centred", "random")
 CROPS = ("random", "centre")
@@ -132,6 +144,9 @@ class LogConfig:
     every_steps: int = 10  # scalars to TensorBoard, stats.jsonl and the console
     image_every_steps: int = 100  # image grid of the fixed validation batch
     progress: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain | none
+    # experiment trackers: tensorboard (RUN/tb, with image grids) and any of accelerate's others
+    # (wandb, mlflow, comet_ml, aim, clearml, dvclive), each installed separately
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass(frozen=True)
@@ -172,19 +187,42 @@ def _one_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
+def presets() -> dict[str, Path]:
+    """The shipped presets by name (configs/NAME.yaml, packaged as ganpaint.configs)."""
+    folder = resources.files("ganpaint.configs")
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A config file path as given, else the shipped preset of that name: `demo`, `demo.yaml` or
+    the README's `configs/demo.yaml` (when run outside a checkout)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = presets()
+    by_name = path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml")
+    if by_name and path.stem in known:
+        return known[path.stem]
+    raise ConfigError(
+        f"config file not found: {name_or_path} (presets: {', '.join(sorted(known))})"
+    )
+
+
 def load(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
-    """Defaults <- YAML file <- `dotted.key=value` overrides; validated; frozen.
+    """Defaults <- YAML file (a path or a preset name) <- `dotted.key=value` overrides; validated.
 
     Raises ConfigError (one line) for a missing file, an unknown key, a wrong type or a failed rule.
     """
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve(path)
         try:
             layers.append(OmegaConf.load(path))
         except Exception as error:  # yaml errors carry line numbers: keep them, on one line
@@ -229,6 +267,12 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
     _choice("log.progress", config.log.progress, PROGRESS_MODES)
+    for tracker in config.log.trackers:
+        _choice("log.trackers", tracker, tuple(TRACKER_MODULES))
+        if importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
+            raise ConfigError(
+                f"config key 'log.trackers': {tracker} is not installed: pip install {tracker}"
+            )
     for key in (
         "data.image_px",
         "data.batch_size",
@@ -362,3 +406,35 @@ def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
         for key in MODEL_SHAPING_KEYS
         if _get(saved, key) != _get(current, key)
     ]
+
+
+def _leaves(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every key whose value differs: {dotted key: (saved, current)}."""
+    before, after = _leaves(to_dict(saved)), _leaves(to_dict(current))
+    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+
+
+def fixed_for_a_run(key: str) -> bool:
+    """Keys a run keeps from start to end: the model and the data it learns from. Everything
+    else (learning rates, schedule length, logging, checkpointing) may change on resume."""
+    return key.startswith("model.") or key in MODEL_SHAPING_KEYS or key == "data.shards"
+
+
+def config_command(list_presets: bool, show: str | None, overrides: list[str]) -> int:
+    """`ganpaint config`: the preset names, or one config resolved with every key."""
+    if show is None or list_presets:
+        for name, path in sorted(presets().items()):
+            print(f"{name:<24} {path}")
+        return 0
+    print(to_yaml(load(show, overrides)), end="")
+    return 0

@@ -214,7 +214,7 @@ def test_val_batch_is_the_first_images_centre_cropped(synthetic_shards):
 
 def test_val_batch_falls_back_to_train_when_the_split_is_empty(tmp_path):
     pack("synthetic", tmp_path, size=64, count=12, val_fraction=0.0, workers=1, progress=False)
-    with pytest.warns(UserWarning, match="'val' is empty"):
+    with pytest.warns(UserWarning, match="no held-out images"):
         batch = val_batch(identity_data(tmp_path), 4)
     assert np.array_equal(batch[0].numpy(), shard_images(tmp_path / "train-000000.tar")[0])
     with pytest.raises(UserError, match="no split 'nosuch'"):
@@ -242,3 +242,14 @@ def test_shards_read_back_with_the_webdataset_library(synthetic_shards):
     assert len(samples) == 16 and samples[0]["__key__"] == "00000096"  # val follows 96 train
     assert samples[0]["jpg"].shape == (64, 64, 3)
     assert samples[0]["json"]["size"] == [64, 64] and samples[0]["json"]["source"] == "synthetic:96"
+
+
+def test_validation_and_eval_use_a_held_out_split_that_has_images(tmp_path):
+    from ganpaint.data.stream import held_out_split
+
+    pack("synthetic", tmp_path, size=32, count=20, val_fraction=0.0, workers=1, progress=False)
+    with pytest.warns(UserWarning, match="no held-out images"):
+        assert held_out_split(tmp_path, "val") == "train"
+    assert held_out_split(tmp_path, "train") == "train"
+    with pytest.raises(UserError, match="nope"):
+        held_out_split(tmp_path, "nope")

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def pack_shard(task: ShardTask) -> dict:
                 add_member(tar, f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
                 colour_sum += np.asarray(cv2.mean(image)[:3]) / 255.0
                 count += 1
+                _packed.value += 1  # one writer per process, read for progress only: no lock
         os.replace(temporary, output / task.name)
     finally:
         reader.close()
@@ -153,6 +155,15 @@ def pack_shard(task: ShardTask) -> dict:
     return record
 
 
-def init_worker() -> None:
-    """One OpenCV thread per packing process: the processes already fill the cores."""
+# Images packed so far by this process tree: a shared counter in packing processes (set by
+# init_worker), a plain one in the main process; the progress bar reads it.
+_packed = types.SimpleNamespace(value=0)
+
+
+def init_worker(counter=None) -> None:
+    """One OpenCV thread per packing process (the processes already fill the cores), and the
+    shared count of packed images."""
+    global _packed
     cv2.setNumThreads(1)
+    if counter is not None:
+        _packed = counter

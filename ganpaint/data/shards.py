@@ -21,6 +21,7 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -114,14 +115,17 @@ def _planned(item: Item) -> list:
     return list(item) if item.captions else list(item[:-1])
 
 
-def _run(tasks: list[ShardTask], workers: int) -> Iterator[dict]:
-    """Pack the tasks, yielding records as shards finish (in any order)."""
+def _run(tasks: list[ShardTask], workers: int, counter) -> Iterator[dict]:
+    """Pack the tasks, yielding records as shards finish (in any order); `counter.value` counts
+    the images packed meanwhile."""
     if workers == 1 or len(tasks) <= 1:
+        init_worker(counter)
         yield from map(pack_shard, tasks)
         return
     # spawn, not fork: the caller may hold threads (torch, rich) that a fork would copy mid-state.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=init_worker) as pool:
+    pool_size = min(workers, len(tasks))
+    with context.Pool(pool_size, initializer=init_worker, initargs=(counter,)) as pool:
         yield from pool.imap_unordered(pack_shard, tasks)
 
 
@@ -143,9 +147,23 @@ def _pack_missing(
         bar_task = bar.add_task(title, total=sum(images_in.values()), completed=reused)
         if records:
             bar.console.print(f"reusing {len(records)} of {len(tasks)} shards (sha256 verified)")
-        for record in _run(todo, workers):
-            records[record["name"]] = record
-            bar.advance(bar_task, images_in[record["name"]])
+        # Per image, not per shard: a thread copies the workers' shared count into the bar.
+        counter = multiprocessing.get_context("spawn").Value("q", 0, lock=False)
+        done = threading.Event()
+
+        def follow() -> None:
+            while not done.wait(0.25):
+                bar.update(bar_task, completed=reused + counter.value)
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        try:
+            for record in _run(todo, workers, counter):
+                records[record["name"]] = record
+        finally:
+            done.set()
+            follower.join()
+        bar.update(bar_task, completed=sum(images_in.values()))
 
 
 def _manifest(
@@ -246,6 +264,13 @@ def pack(
         )
     if not manifest["splits"]["train"]["count"]:
         warnings.warn(f"{output}: no train images; mean_rgb is taken over all splits", stacklevel=2)
+    for split in ("val", "test"):
+        if not manifest["splits"][split]["count"]:
+            warnings.warn(
+                f"{output}: split {split!r} is empty: training validates and `ganpaint eval` "
+                "scores on another split, which it names",
+                stacklevel=2,
+            )
     write_json(output / MANIFEST, manifest)
     remove_stale_shards(output, keep=tuple(task.name for task in tasks))
     shutil.rmtree(output / STATE_DIR, ignore_errors=True)

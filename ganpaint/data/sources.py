@@ -112,10 +112,35 @@ def _key(relative: str, used: set[str]) -> str:
 
 def hash_split(relative: str, val_fraction: float) -> str:
     """Deterministic split of a relative path: val_fraction to val, as much to test, rest train."""
-    fraction = int(hashlib.sha256(relative.encode()).hexdigest()[:12], 16) / 16**12
+    fraction = _hash_fraction(relative)
     if fraction < val_fraction:
         return "val"
     return "test" if fraction < 2 * val_fraction else "train"
+
+
+def _hash_fraction(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def top_up_held_out(splits: dict[str, list[Item]], val_fraction: float) -> None:
+    """Give val and test at least round(val_fraction * images) each (at least one, from 3 images
+    on), taking train images in a fixed order, so a small folder never packs an empty val split.
+
+    The hash split is kept for everything it already holds out: adding images to a folder never
+    moves an image out of val or test.
+    """
+    total = sum(len(items) for items in splits.values())
+    want = max(1, round(total * val_fraction)) if total >= 3 else 0
+    for split in ("val", "test"):
+        short = want - len(splits[split])
+        if short <= 0:
+            continue
+        order = sorted(
+            range(len(splits["train"])), key=lambda i: _hash_fraction(splits["train"][i].key)
+        )
+        moved = set(order[:short])
+        splits[split] += [splits["train"][i] for i in sorted(moved)]
+        splits["train"] = [item for i, item in enumerate(splits["train"]) if i not in moved]
 
 
 def _files(root: Path) -> list[tuple[str, Path]]:
@@ -244,6 +269,7 @@ def _folder(root: Path, val_fraction: float) -> Inputs:
         )
     skipped: list[dict] = []
     splits = _split_files(files, lambda relative: hash_split(relative, val_fraction), skipped)
+    top_up_held_out(splits, val_fraction)
     return Inputs(splits, skipped)
 
 

@@ -247,23 +247,33 @@ def iterate_split(
     return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit, tokens_of)
 
 
+def held_out_split(shard_dir: str | Path, preferred: str) -> str:
+    """`preferred` if it holds images, else the first of val, test that does, else train (with a
+    warning: scores on training images flatter the model)."""
+    manifest = read_manifest(shard_dir)
+    _split_paths(manifest, shard_dir, preferred)  # an unknown split is an error, not a fallback
+    counts = {name: entry["count"] for name, entry in manifest["splits"].items()}
+    for split in (preferred, "val", "test"):
+        if counts.get(split):
+            return split
+    warnings.warn(
+        f"{shard_dir}: no held-out images (val and test are empty); using 'train' images",
+        stacklevel=2,
+    )
+    return "train"
+
+
 def val_batch(
     data: DataConfig, count: int, split: str | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` images of `split` (default data.val_split): uint8 [count, 3, px, px];
-    with data.captions, (images, token ids [count, data.caption_tokens] of their first captions).
+    """The first `count` images of `split` (default: data.val_split, or the held-out split that
+    has images): uint8 [count, 3, px, px]; with data.captions, (images, token ids [count,
+    data.caption_tokens] of their first captions).
 
-    Deterministic: shortest side resized to data.image_px, centre crop. An empty split falls back
-    to "train" with a warning; a split with fewer images gives fewer (with a warning).
+    Deterministic: shortest side resized to data.image_px, centre crop. A split with fewer images
+    gives fewer (with a warning).
     """
-    split = split or data.val_split
-    manifest = read_manifest(data.shards)
-    _split_paths(manifest, data.shards, split)  # an unknown split is an error, not a fallback
-    if not manifest["splits"][split]["count"]:
-        warnings.warn(
-            f"{data.shards}: split {split!r} is empty; validating on 'train' images", stacklevel=2
-        )
-        split = "train"
+    split = split or held_out_split(data.shards, data.val_split)
     tokens_of = None
     if data.captions:
         tokens_of = CaptionTokens(load_tokenizer(data.shards), data.caption_tokens)

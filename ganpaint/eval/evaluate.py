@@ -215,7 +215,7 @@ def eval_command(
 ) -> int:
     """Score RUN's exported generator on `count` images of SHARDS/split; table, JSON, TensorBoard."""
     from ganpaint.data.captions import CaptionTokens
-    from ganpaint.data.stream import iterate_split, read_manifest
+    from ganpaint.data.stream import held_out_split, iterate_split, read_manifest
 
     _check_inputs(run, shards, count, batch_size, inception)
     torch_device = resolve_device(device)
@@ -225,7 +225,11 @@ def eval_command(
     extractor = load_inception(inception, torch_device) if inception else None
     mean_rgb = torch.tensor(read_manifest(shards)["mean_rgb"], dtype=torch.float32)
     mask_config, mask_name = eval_masks(config.masks, masks, exported.family)
-    folder = Path(json_out).parent if json_out else Path(run) / "eval"
+    wanted = split
+    split = held_out_split(shards, split)
+    if split != wanted:
+        print(f"note: split {wanted!r} of {shards} is empty: scoring split {split!r}")
+    folder = Path(run) / "eval"  # beside the run, wherever the command is run from
     holes_path = folder / f"holes-{mask_name}-{image_px}px-{count}-seed{seed}.pt"
     holes, reused = load_or_draw_hole_set(holes_path, mask_config, count, image_px, seed)
     print(f"holes: {'reused' if reused else 'saved'} {holes_path}")
@@ -255,8 +259,11 @@ def eval_command(
     if extractor is None:
         print(FID_HINT)
     write_tensorboard(Path(run) / "tb", report, preview)
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"results: {json_out}")
+    text = json.dumps(report, indent=2) + "\n"
+    for path in filter(
+        None, (folder / f"results-{mask_name}-{split}-{count}-seed{seed}.json", json_out)
+    ):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, text)
+        print(f"results: {path}")
     return 0

@@ -133,13 +133,15 @@ class DDPBackend(Backend):
     name, label = "ddp", "DDP"
 
     @classmethod
-    def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:
+    def make_accelerator(cls, run: RunConfig, use_cpu: bool, trackers: list[str]) -> Accelerator:
         # broadcast_buffers: BN running statistics follow rank 0 (the DDP default), so every rank
         # validates and exports the same net; run.sync_batchnorm makes the batch statistics global.
         return Accelerator(
             cpu=use_cpu,
             mixed_precision=accelerate_precision(run),
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=True)],
+            log_with=trackers or None,
+            project_dir=run.dir,
         )
 
     def prepare(

@@ -148,7 +148,7 @@ def make_plugin(run: RunConfig) -> DeepSpeedPlugin:
     return plugin
 
 
-def make_accelerator(run: RunConfig, use_cpu: bool) -> Accelerator:
+def make_accelerator(run: RunConfig, use_cpu: bool, trackers: list[str] = ()) -> Accelerator:
     """The Accelerator with one DeepSpeed plugin per net (gloo when there is no GPU)."""
     if run.mixed_precision == "fp16":
         raise ConfigError(
@@ -181,6 +181,8 @@ def make_accelerator(run: RunConfig, use_cpu: bool) -> Accelerator:
         mixed_precision=accelerate_precision(run),
         deepspeed_plugins=plugins,
         kwargs_handlers=handlers,
+        log_with=list(trackers) or None,
+        project_dir=run.dir,
     )
 
 
@@ -285,8 +287,8 @@ class DeepSpeedBackend(Backend):
     channels_last_parameters = False
 
     @classmethod
-    def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:
-        return make_accelerator(run, use_cpu)
+    def make_accelerator(cls, run: RunConfig, use_cpu: bool, trackers: list[str]) -> Accelerator:
+        return make_accelerator(run, use_cpu, trackers)
 
     def prepare(
         self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]

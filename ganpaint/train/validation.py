@@ -16,7 +16,7 @@ from torchvision.utils import make_grid
 from ganpaint.completion import complete, fill_holes
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
-from ganpaint.data.stream import val_batch
+from ganpaint.data.stream import held_out_split, val_batch
 from ganpaint.eval.metrics import psnr
 from ganpaint.models.layers import evaluating
 from ganpaint.train.steps import StepSettings
@@ -28,13 +28,15 @@ VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training 
 class ValidationSet:
     images: torch.Tensor  # [N,3,H,W] float in [0,1]
     hole_mask: torch.Tensor  # [N,1,H,W]
-    latent: torch.Tensor  # dcgan: fixed z [N, latent_dim]
+    latent: torch.Tensor  # generation families: fixed z [N, latent_dim]
+    split: str = "val"  # the shard split the images come from
     fill_name: str = "mean"  # model.hole_fill: names the baseline's scalar
     tokens: torch.Tensor | None = None  # caption families: each image's first caption [N, T]
 
 
 def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
-    loaded, tokens = val_batch(config.data, config.data.val_images), None
+    split = held_out_split(config.data.shards, config.data.val_split)
+    loaded, tokens = val_batch(config.data, config.data.val_images, split), None
     if config.data.captions:
         loaded, tokens = loaded[0], loaded[1].to(device)
     images = loaded.to(device).float() / 255
@@ -49,7 +51,9 @@ def load_validation_set(config: TrainConfig, device: torch.device) -> Validation
         generator=torch.Generator(device).manual_seed(seed),
         device=device,
     )
-    return ValidationSet(images, holes.hole_mask, latent, config.model.hole_fill, tokens)
+    return ValidationSet(
+        images, holes.hole_mask, latent, split, config.model.hole_fill, tokens=tokens
+    )
 
 
 @torch.no_grad()
