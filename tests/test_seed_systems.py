@@ -83,7 +83,7 @@ def test_dcgan_preset_centre_crop_batch_64():
     assert config.data.resize_min_px == config.data.resize_max_px == config.data.image_px == 64
 
 
-@pytest.mark.parametrize("name", ["glcic_paper", "glcic_celeba", "glcic_coco", "demo"])
+@pytest.mark.parametrize("name", ["glcic_paper", "glcic_celeba", "glcic_coco"])
 def test_glcic_presets_centre_the_local_area(name):
     assert preset(name).masks.local_placement == "centred"
 
