@@ -41,7 +41,9 @@ def pyramid_fill(images: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
         known_sums.append(nn.functional.avg_pool2d(known_sums[-1], 2, ceil_mode=True))
     coarsest_known = known_sums[-1].clamp_min(1e-8)
     filled = torch.where(known_sums[-1] > 0, colour_sums[-1] / coarsest_known, 0.5)
-    for colour_sum, known_sum in zip(reversed(colour_sums[:-1]), reversed(known_sums[:-1])):
+    for colour_sum, known_sum in zip(
+        reversed(colour_sums[:-1]), reversed(known_sums[:-1]), strict=True
+    ):
         coarser = nn.functional.interpolate(
             filled, size=colour_sum.shape[-2:], mode="bilinear", align_corners=False
         )
@@ -62,16 +64,21 @@ def paste_center(images: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
 
 
 def complete(
-    generator: nn.Module, images: torch.Tensor, hole_mask: torch.Tensor, fill_rgb: torch.Tensor
+    generator: nn.Module,
+    images: torch.Tensor,
+    hole_mask: torch.Tensor,
+    fill_rgb: torch.Tensor,
+    **conditions: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run an inpainting generator and composite its output into the known pixels.
 
     Returns (prediction, completed), both [N,3,H,W] in [0,1]: `prediction` is the net's raw output
     (for centre-predicting nets, pasted into the filled input), `completed` keeps the known pixels
-    of `images` and takes the prediction inside the hole only.
+    of `images` and takes the prediction inside the hole only. `conditions` (e.g. caption=...) are
+    passed on to the generators of conditioned families.
     """
     filled = fill_holes(images, hole_mask, fill_rgb)
-    output = generator(filled, hole_mask)
+    output = generator(filled, hole_mask, **conditions)
     prediction = paste_center(filled, output) if output.shape[-1] != images.shape[-1] else output
     completed = images * (1 - hole_mask) + prediction * hole_mask
     return prediction, completed
