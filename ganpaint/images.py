@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from ganpaint.errors import UserError
 
 DEFAULT_MAX_MEGAPIXELS = 40.0  # a 48 MP phone photo is 8000 x 6000: resize it first
+EXIF_ORIENTATION = 0x0112
 
 
 def check_pixel_count(width: int, height: int, max_megapixels: float, source: str) -> None:
@@ -30,14 +31,18 @@ def check_pixel_count(width: int, height: int, max_megapixels: float, source: st
         )
 
 
-def check_header(data: bytes, source: str, max_megapixels: float) -> tuple[int, int]:
-    """(width, height) from an encoded image's header, checked against the limit, not decoded."""
+def check_header(data: bytes, source: str, max_megapixels: float) -> bool:
+    """Check an encoded image's size from its header, without decoding its pixels.
+
+    Returns whether its EXIF orientation turns it (what browsers show, not the stored layout).
+    """
     try:
         with warnings.catch_warnings():
             # PIL's own bomb warning / error fire above 89 / 179 MP; ours is the limit that counts
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
+                turned = image.getexif().get(EXIF_ORIENTATION, 1) != 1
     except Image.DecompressionBombError:
         raise UserError(
             f"{source}: more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP, above the "
@@ -46,7 +51,7 @@ def check_header(data: bytes, source: str, max_megapixels: float) -> tuple[int, 
     except (UnidentifiedImageError, OSError, ValueError):
         raise UserError(f"{source}: not a readable image") from None
     check_pixel_count(width, height, max_megapixels, source)
-    return width, height
+    return turned
 
 
 def decode_image(
@@ -54,12 +59,16 @@ def decode_image(
     source: str,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     flags: int = cv2.IMREAD_UNCHANGED,
+    upright: bool = False,
 ) -> np.ndarray:
     """Encoded bytes -> uint8 pixels as OpenCV decodes them (BGR / BGRA / grey), size-checked first.
 
-    UserError naming `source` for an unreadable, too large or non-8-bit image.
+    `upright`: an image with an EXIF orientation is decoded turned as it says (as colour BGR:
+    OpenCV applies the orientation only then); the stored layout otherwise. UserError naming
+    `source` for an unreadable, too large or non-8-bit image.
     """
-    check_header(data, source, max_megapixels)
+    if check_header(data, source, max_megapixels) and upright:
+        flags = cv2.IMREAD_COLOR
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:

@@ -69,7 +69,7 @@ def check_hole(hole: np.ndarray, source: str) -> None:
         raise UserError(f"{source}: the whole image is hole; nothing to complete from")
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     """[1, 3, H, W] in [0, 1] -> uint8 [H, W, 3]."""
     return (images[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
@@ -156,7 +156,7 @@ def predict_window(
     image = _to_tensor(crop, exported)
     hole_mask = _to_tensor(crop_hole[..., None].astype(np.uint8) * 255, exported)
     predict = _predict_centre if exported.generator.predicts_center else _predict_convolutional
-    prediction = _to_uint8(predict(exported, image, hole_mask, caption))
+    prediction = tensor_to_uint8(predict(exported, image, hole_mask, caption))
     if net_size != crop_size:
         prediction = cv2.resize(prediction, crop_size, interpolation=cv2.INTER_CUBIC)
     return prediction[

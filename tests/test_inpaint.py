@@ -11,9 +11,9 @@ import torch
 from skimage import data
 
 from ganpaint import config as config_lib
+from ganpaint.blend import poisson_blend
 from ganpaint.cli import main
 from ganpaint.export import save_export
-from ganpaint.blend import poisson_blend
 from ganpaint.models import build_nets
 
 TINY = ["model.width=8", "model.disc_width=8", "model.fc_features=16"]
