@@ -94,10 +94,20 @@ def test_models_are_listed_with_their_conditioning(server) -> None:
     assert listed[runs["captioned"]]["conditioning"] == "caption"
 
 
-@pytest.mark.parametrize("model", ["glcic", "centre"])
-def test_fill_changes_only_the_hole(server, model: str) -> None:
+LAYOUTS = {
+    "bgr": lambda pixels: pixels,
+    "grey": lambda pixels: cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY),
+    "bgra": lambda pixels: np.dstack([pixels, np.arange(160, dtype=np.uint8)[None].repeat(120, 0)]),
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "layout"), [("glcic", "bgr"), ("centre", "bgr"), ("glcic", "grey"), ("glcic", "bgra")]
+)
+def test_fill_changes_only_the_hole(server, model: str, layout: str) -> None:
+    """Every fill comes back in the upload's layout (alpha kept), changed only inside the hole."""
     url, _, runs = server
-    original = photo(120, 160)
+    original = LAYOUTS[layout](photo(120, 160))
     mask = stroke_mask(120, 160)
     status, answer = post_fill(url, image=png(original), mask=png(mask), model=runs[model])
     assert status == 200, answer
@@ -106,7 +116,7 @@ def test_fill_changes_only_the_hole(server, model: str) -> None:
         filled = decode(answer["images"][name])
         assert filled.shape == original.shape, name
         np.testing.assert_array_equal(filled[~hole], original[~hole])
-        assert (filled[hole] != original[hole]).mean() > 0.5, name
+        assert (filled[hole] != original[hole]).mean() > 0.3, name
         assert answer["timings_ms"][name] > 0
     assert answer["width"] == 160 and len(answer["windows"]) == 1
 

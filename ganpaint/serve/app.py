@@ -47,11 +47,39 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _form_field(form, name: str) -> bytes | str | None:
-    value = form.get(name)
-    if isinstance(value, UploadFile):
-        return await value.read()
-    return value
+async def _read_form(request: Request) -> tuple[bytes, bytes, str, str | None]:
+    """(photo, mask, model name, caption) of a fill request; UserError for a missing part."""
+    async with request.form(max_files=2, max_fields=4, max_part_size=64 * 1024) as form:
+        image, mask = form.get("image"), form.get("mask")
+        image = await image.read() if isinstance(image, UploadFile) else None
+        mask = await mask.read() if isinstance(mask, UploadFile) else None
+        name, caption = form.get("model"), form.get("caption")
+    if not image:
+        raise UserError("no photo: choose or drop a photo first")
+    if not mask:
+        raise UserError("no mask sent with the photo")
+    return image, mask, str(name), caption if isinstance(caption, str) else None
+
+
+def _fill_response(
+    model: ServedModel, image: bytes, mask: bytes, caption: str | None, max_megapixels: float
+) -> dict:
+    """Run one fill (in a worker thread) and shape the JSON answer; logs one line."""
+    started = time.perf_counter()
+    result = fill_upload(model, image, mask, caption, max_megapixels)
+    total_ms = (time.perf_counter() - started) * 1000
+    print(
+        f"fill: {model.name}, {result.width}x{result.height} px, {len(result.windows)} "
+        f"window(s), model {result.timings_ms['model']:.0f} ms, request {total_ms:.0f} ms",
+        flush=True,
+    )
+    response = result.describe()
+    response["timings_ms"]["request"] = round(total_ms, 1)
+    response["images"] = {
+        name: "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        for name, png in result.images.items()
+    }
+    return response
 
 
 def create_app(models: list[ServedModel], max_megapixels: float) -> Starlette:
@@ -60,29 +88,15 @@ def create_app(models: list[ServedModel], max_megapixels: float) -> Starlette:
     limit = upload_limit_bytes(max_megapixels)
     one_fill_at_a_time = threading.Lock()
 
+    def locked_fill(model: ServedModel, image: bytes, mask: bytes, caption: str | None) -> dict:
+        with one_fill_at_a_time:
+            return _fill_response(model, image, mask, caption, max_megapixels)
+
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
     async def list_models(request: Request) -> Response:
         return JSONResponse([model.describe() for model in models])
-
-    def run_fill(model: ServedModel, image: bytes, mask: bytes, caption: str | None) -> dict:
-        with one_fill_at_a_time:
-            started = time.perf_counter()
-            result = fill_upload(model, image, mask, caption, max_megapixels)
-            total_ms = (time.perf_counter() - started) * 1000
-        print(
-            f"fill: {model.name}, {result.width}x{result.height} px, {len(result.windows)} "
-            f"window(s), model {result.timings_ms['model']:.0f} ms, request {total_ms:.0f} ms",
-            flush=True,
-        )
-        response = result.describe()
-        response["timings_ms"]["request"] = round(total_ms, 1)
-        response["images"] = {
-            name: "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-            for name, png in result.images.items()
-        }
-        return response
 
     async def fill(request: Request) -> Response:
         length = request.headers.get("content-length")
@@ -98,19 +112,11 @@ def create_app(models: list[ServedModel], max_megapixels: float) -> Starlette:
                 413,
             )
         try:
-            async with request.form(max_files=2, max_fields=4, max_part_size=64 * 1024) as form:
-                image, mask = await _form_field(form, "image"), await _form_field(form, "mask")
-                name, caption = form.get("model"), form.get("caption")
-            if not isinstance(image, bytes) or not image:
-                raise UserError("no photo: choose or drop a photo first")
-            if not isinstance(mask, bytes) or not mask:
-                raise UserError("no mask sent with the photo")
+            image, mask, name, caption = await _read_form(request)
             if name not in by_name:
-                raise UserError(f"unknown model {str(name)[:80]!r}; this server has {len(models)}")
-            caption = caption if isinstance(caption, str) else None
-            return JSONResponse(
-                await run_in_threadpool(run_fill, by_name[name], image, mask, caption)
-            )
+                raise UserError(f"unknown model {name[:80]!r}; this server has {len(models)}")
+            answer = await run_in_threadpool(locked_fill, by_name[name], image, mask, caption)
+            return JSONResponse(answer)
         except UserError as error:
             return _error(str(error), 400)
         except HTTPException as error:  # a malformed multipart body
