@@ -126,7 +126,30 @@ def _inpaint(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--caption", help="caption models: what the image shows, e.g. 'a red bus'")
+    _max_megapixels(p)
     p.set_defaults(handler="ganpaint.inpaint:inpaint_command")
+
+
+def _max_megapixels(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS leaves the handler's own default (ganpaint.images.DEFAULT_MAX_MEGAPIXELS) in force
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="refuse larger images from their header, before decoding (default 40)",
+    )
+
+
+def _serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="a local web page to try models with a brush (ganpaint[serve])"
+    )
+    p.add_argument("--run", dest="runs", action="append", required=True, help="run dir (repeat)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to your network")
+    p.add_argument("--port", type=int, default=7860, help="0 picks a free port")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    _max_megapixels(p)
+    p.set_defaults(handler="ganpaint.serve.command:serve_command")
 
 
 def _sample(sub: argparse._SubParsersAction) -> None:
@@ -171,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ganpaint {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_shards, _train, _config, _models, _eval, _inpaint, _sample, _bench):
+    for add in (_shards, _train, _config, _models, _eval, _inpaint, _sample, _bench, _serve):
         add(sub)
     for command in sub.choices.values():
         command.formatter_class = _HelpFormatter
