@@ -26,11 +26,14 @@ import torch
 from torch.nn import functional
 
 from ganpaint.blend import poisson_blend
+from ganpaint.callable_module import make_callable
 from ganpaint.errors import UserError
 from ganpaint.eval.runs import open_model, resolve_device
 from ganpaint.export import Exported
 from ganpaint.images import DEFAULT_MAX_MEGAPIXELS, read_image, write_image
 from ganpaint.windows import NET_MULTIPLE, Window, net_geometry, plan_windows
+
+make_callable(__name__, "inpaint")  # ganpaint.inpaint(model, image, hole): see ganpaint/api.py
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
