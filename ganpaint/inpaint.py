@@ -17,6 +17,7 @@ back greyscale. Images above --max-megapixels are refused from their header, bef
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,6 +230,23 @@ def inpaint_pixels(
     return fill_pixels(pixels, hole, windows, model_fill(exported, blend, source, caption))
 
 
+# Below this scale a hole is more than twice the size of the trained ones: the fill is made at a
+# coarse scale and resized back, and looks blurred.
+WARN_BELOW_SCALE = 0.5
+
+
+def _warn_if_beyond_training(exported: Exported, hole: np.ndarray, source: str) -> None:
+    windows = plan_windows(hole, net_geometry(exported), source)
+    smallest = min(window.scale for window in windows)
+    if smallest < WARN_BELOW_SCALE:
+        print(
+            f"warning: {source}: a hole is {1 / smallest:.1f}x the size of those the model was "
+            f"trained on (masks.hole_max_px={exported.config.masks.hole_max_px}): it is filled "
+            "at the trained scale and resized, so expect a blurred fill",
+            file=sys.stderr,
+        )
+
+
 def _match_mask(mask: str | None, image: Path) -> Path | None:
     """The mask for `image`: the --mask file, or the file with the image's stem in a --mask folder."""
     if mask is None:
@@ -289,6 +307,7 @@ def inpaint_command(
             grey = read_image(mask_path, cv2.IMREAD_GRAYSCALE, max_megapixels)
             hole, hole_source = hole_from_mask(grey, height, width, str(mask_path)), str(mask_path)
         check_hole(hole, hole_source)
+        _warn_if_beyond_training(exported, hole, str(image_path))
         filled = inpaint_pixels(exported, pixels, hole, blend, str(image_path), caption)
         write_image(output_path, filled)
         lossy = output_path.suffix.lower() in LOSSY_SUFFIXES

@@ -303,3 +303,15 @@ def test_unusable_model_one_line_exit_2(tmp_path: Path, capsys, family: str) -> 
     )
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and str(run) in error, error
+
+
+def test_a_hole_far_larger_than_the_trained_ones_is_warned(tmp_path: Path, glcic_run: Path, capsys):
+    image = write(tmp_path / "photo.png", photo(120, 160))
+    common = ["--run", str(glcic_run), "--image", str(image), "--blend", "none", "--output"]
+    assert run_inpaint(*common, str(tmp_path / "small.png"), "--rect", "70,50,10,10") == 0
+    assert "warning" not in capsys.readouterr().err  # the tiny net was trained on <= 12 px holes
+    assert run_inpaint(*common, str(tmp_path / "large.png"), "--rect", "20,20,100,80") == 0
+    assert (
+        "the size of those the model was trained on (masks.hole_max_px=12)"
+        in capsys.readouterr().err
+    )
