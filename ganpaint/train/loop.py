@@ -28,7 +28,7 @@ from ganpaint.train.feed import DataFeed
 from ganpaint.train.guard import HealthReading
 from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
-from ganpaint.train.setup import build_state, make_backend, step_settings
+from ganpaint.train.setup import build_state, compiles, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS
 from ganpaint.train.validation import load_validation_set, run_validation
 
@@ -126,6 +126,8 @@ def train(config: TrainConfig) -> Path:
     )
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
+    if config.run.compile and not compiles(config, accelerator.device):
+        logger.message("run.compile applies on CUDA only: this CPU run trains eagerly")
     plain_generator = plain_module(state.generator)
 
     def save(at_step: int) -> None:

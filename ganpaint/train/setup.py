@@ -78,9 +78,17 @@ def critic_clamp(config: TrainConfig) -> float:
     return 0.03 if config.schedule.critic_steps > 1 else 0.05
 
 
+def compiles(config: TrainConfig, device: torch.device) -> bool:
+    """run.compile applies on CUDA only: on the CPU, inductor's C++ code takes minutes to build
+    and a toolchain to build it, and the CPU runs (demos, tests, smoke runs of the GPU presets,
+    which turn compile on) are short."""
+    return config.run.compile and device.type == "cuda"
+
+
 def build_state(config: TrainConfig, backend: Backend) -> TrainState:
     """Nets (SyncBatchNorm, channels_last, torch.compile as configured) and optimisers, prepared
-    by the backend."""
+    by the backend. Each net is compiled once; its graphs per phase (train, frozen, no-grad) are
+    traced on the phase's first step."""
     set_seed(config.run.seed)  # same initial weights on every rank and in every re-run
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
     if config.run.sync_batchnorm and backend.accelerator.num_processes > 1:
@@ -98,9 +106,10 @@ def build_state(config: TrainConfig, backend: Backend) -> TrainState:
             optim.discriminator, nets.discriminator.parameters(), optim.discriminator_lr, optim
         ),
     )
-    if config.run.compile:
-        nets.generator = torch.compile(nets.generator)
-        nets.discriminator = torch.compile(nets.discriminator)
+    if compiles(config, backend.accelerator.device):
+        mode = config.run.compile_mode
+        nets.generator = torch.compile(nets.generator, mode=mode)
+        nets.discriminator = torch.compile(nets.discriminator, mode=mode)
     return backend.prepare(config, nets, optimizers)
 
 
