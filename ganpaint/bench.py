@@ -27,7 +27,7 @@ from ganpaint.config import TrainConfig, micro_batch_size
 from ganpaint.data.masks import hole_generator
 from ganpaint.errors import UserError
 from ganpaint.train import schedule
-from ganpaint.train.backend import TrainState
+from ganpaint.train.backend import Backend, TrainState
 from ganpaint.train.feed import DataFeed, device_batch
 from ganpaint.train.setup import build_state, compiles, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS, Batch, StepSettings, micro_batches_per_step
@@ -138,7 +138,15 @@ def _profile_phase(path: Path, label: str, run_step: StepRunner, first: int, dev
         handle.write(f"== {label} (3 steps)\n{table}\n")
 
 
-def _row(config: TrainConfig, phase, data: str, timing: dict, device, peak) -> dict:
+def _row(
+    config: TrainConfig,
+    phase: schedule.Phase,
+    data: str,
+    timing: dict,
+    backend: Backend,
+    peak: float | None,
+) -> dict:
+    device, compiled = backend.accelerator.device, compiles(config, backend)
     images_per_step = config.data.batch_size
     tflops = timing["flops_per_step"] / (timing["step_ms"] / 1000) / 1e12
     return {
@@ -148,8 +156,8 @@ def _row(config: TrainConfig, phase, data: str, timing: dict, device, peak) -> d
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "batch": images_per_step,
         "precision": config.run.mixed_precision,
-        "compile": compiles(config, device),
-        "compile_mode": config.run.compile_mode if compiles(config, device) else None,
+        "compile": compiled,
+        "compile_mode": config.run.compile_mode if compiled else None,
         "data": data,
         "img_per_s": images_per_step / (timing["step_ms"] / 1000),
         "step_ms": timing["step_ms"],
@@ -200,7 +208,7 @@ def run_bench(
         for label, feed in feeds.items():
             run_step = _step_runner(state, settings, phase, feed, micro)
             timing = _time_phase(run_step, steps, warmup, device)
-            rows.append(_row(config, phase, label, timing, device, peak))
+            rows.append(_row(config, phase, label, timing, backend, peak))
             if profile:
                 title = f"phase {phase.number} {phase.name}, {label}, compile {rows[-1]['compile']}"
                 _profile_phase(Path(profile), title, run_step, warmup + 1 + steps, device)

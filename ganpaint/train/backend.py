@@ -75,6 +75,8 @@ class Backend(abc.ABC):
     label: ClassVar[str]  # for messages
     # DeepSpeed broadcasts and flattens parameters as bytes: they must stay contiguous.
     channels_last_parameters: ClassVar[bool] = True
+    # run.compile is honoured (on CUDA); an engine whose wrapping is untested with it trains eagerly.
+    compiles_nets: ClassVar[bool] = True
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator

@@ -283,6 +283,7 @@ class DeepSpeedBackend(Backend):
 
     name, label = "deepspeed", "DeepSpeed"
     channels_last_parameters = False
+    compiles_nets = False  # torch.compile inside DeepSpeed's engines has not been run
 
     @classmethod
     def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:

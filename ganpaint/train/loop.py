@@ -126,8 +126,11 @@ def train(config: TrainConfig) -> Path:
     )
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
-    if config.run.compile and not compiles(config, accelerator.device):
-        logger.message("run.compile applies on CUDA only: this CPU run trains eagerly")
+    if config.run.compile and not compiles(config, backend):
+        logger.message(
+            f"run.compile applies on CUDA under DDP: this {backend.label} run on "
+            f"{accelerator.device.type} trains eagerly"
+        )
     plain_generator = plain_module(state.generator)
 
     def save(at_step: int) -> None:

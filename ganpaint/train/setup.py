@@ -78,11 +78,12 @@ def critic_clamp(config: TrainConfig) -> float:
     return 0.03 if config.schedule.critic_steps > 1 else 0.05
 
 
-def compiles(config: TrainConfig, device: torch.device) -> bool:
-    """run.compile applies on CUDA only: on the CPU, inductor's C++ code takes minutes to build
-    and a toolchain to build it, and the CPU runs (demos, tests, smoke runs of the GPU presets,
-    which turn compile on) are short."""
-    return config.run.compile and device.type == "cuda"
+def compiles(config: TrainConfig, backend: Backend) -> bool:
+    """run.compile applies on CUDA under DDP only. On the CPU, inductor's C++ code takes minutes
+    and a toolchain to build, and the CPU runs (demos, tests, smoke runs of the GPU presets, which
+    turn compile on) are short; DeepSpeed's engines are untested with compiled nets."""
+    device = backend.accelerator.device
+    return config.run.compile and device.type == "cuda" and backend.compiles_nets
 
 
 def build_state(config: TrainConfig, backend: Backend) -> TrainState:
@@ -106,7 +107,7 @@ def build_state(config: TrainConfig, backend: Backend) -> TrainState:
             optim.discriminator, nets.discriminator.parameters(), optim.discriminator_lr, optim
         ),
     )
-    if compiles(config, backend.accelerator.device):
+    if compiles(config, backend):
         mode = config.run.compile_mode
         nets.generator = torch.compile(nets.generator, mode=mode)
         nets.discriminator = torch.compile(nets.discriminator, mode=mode)
