@@ -14,7 +14,7 @@ def test_bench_compares_end_to_end_with_synthetic(synthetic_shards, tmp_path, ca
     # run.compile is a GPU preset's setting: the CPU ignores it.
     overrides = [f"{key}={value}" for key, value in TINY_DEFAULTS.items()] + ["run.compile=true"]
     out, profile = tmp_path / "bench.json", tmp_path / "profile.txt"
-    arguments = ["--phases", "3", "--steps", "2", "--warmup", "1", "--data", str(synthetic_shards)]
+    arguments = ["--phases", "3", "--steps", "1", "--warmup", "1", "--data", str(synthetic_shards)]
     arguments += ["--compare", "--json", str(out), "--profile", str(profile)]
     assert main(["bench", "--config", "configs/demo.yaml", *overrides, *arguments]) == 0
     synthetic, end_to_end = json.loads(out.read_text())
