@@ -5,10 +5,12 @@
 #
 #   bash launch/gpu_checks.sh OUT_DIR        (default: $OUT, else gpu-checks/)
 #
+# Sized for one call of at most 10 minutes: the stage limits below add up to 520 s, plus set-up.
+#
 # Knobs (environment): STEPS (timed steps per phase, 20), WARMUP (3), MODES ("eager compiled"),
 # SKIP_PYTEST=1, IMAGES (synthetic images packed at 384 px, 4800), WORKERS (loader workers per
-# process; default the preset's), and a time limit per stage in seconds: PYTEST_S (210),
-# EAGER_S (120), COMPILED_S (300). Every stage writes its files as it ends, so a run stopped at
+# process; default the preset's), and a time limit per stage in seconds: PYTEST_S (180),
+# EAGER_S (100), COMPILED_S (240). Every stage writes its files as it ends, so a run stopped at
 # its limit still leaves the stages before it.
 #
 # Needs torch with CUDA, accelerate, opencv, pyyaml, rich, safetensors, pytest, plus webdataset,
@@ -56,7 +58,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 packing=$!
 
 if [ "${SKIP_PYTEST:-0}" != 1 ]; then
-  timeout "${PYTEST_S:-210}" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+  timeout "${PYTEST_S:-180}" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
     2>&1 | tee "$OUT_DIR/pytest-gpu.log" | tail -25
 fi
 wait "$packing" || { echo "gpu_checks: packing failed:"; tail -5 "$OUT_DIR/setup.log"; exit 1; }
@@ -64,8 +66,8 @@ wait "$packing" || { echo "gpu_checks: packing failed:"; tail -5 "$OUT_DIR/setup
 for mode in $MODES; do
   compile=false
   [ "$mode" = compiled ] && compile=true
-  limit=${EAGER_S:-120}
-  [ "$mode" = compiled ] && limit=${COMPILED_S:-300}
+  limit=${EAGER_S:-100}
+  [ "$mode" = compiled ] && limit=${COMPILED_S:-240}
   overrides=("run.compile=$compile")
   [ -n "${WORKERS:-}" ] && overrides+=("data.workers=$WORKERS")
   echo "== bench $mode (limit ${limit}s)"
