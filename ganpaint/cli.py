@@ -171,6 +171,12 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per phase")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, autotune)")
     p.add_argument("--data", default="synthetic", help="synthetic | SHARD_DIR")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --data SHARD_DIR: also synthetic, and the ratio",
+    )
+    p.add_argument("--profile", help="append each phase's top operators (torch.profiler) here")
     p.add_argument("--loader-only", action="store_true", help="loader img/s per worker count")
     p.add_argument("--workers", default="1,2", help="loader-only: worker counts to try")
     p.add_argument("--json", dest="json_out", help="also write the rows here")

@@ -26,6 +26,7 @@ MASK_KINDS = ("center", "rect", "multi_rect", "brush")
 BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
 # accelerate's tracker names -> the module each needs
 TRACKER_MODULES = {
@@ -53,7 +54,8 @@ class RunConfig:
     mixed_precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; weights stay fp32)
     cpu: bool = False  # force the CPU even where a GPU is present
     channels_last: bool = True
-    compile: bool = False  # torch.compile the per-phase step
+    compile: bool = False  # torch.compile each net (on CUDA; the CPU always trains eagerly)
+    compile_mode: str = "default"  # torch.compile mode; max-autotune compiles for many minutes
     sync_batchnorm: bool = False
     deepspeed_config: str = ""  # path to a DeepSpeed JSON; empty = plain DDP
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
@@ -266,6 +268,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("optim.generator", optim.generator, OPTIMIZERS)
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
+    _choice("run.compile_mode", run.compile_mode, COMPILE_MODES)
     _choice("log.progress", config.log.progress, PROGRESS_MODES)
     for tracker in config.log.trackers:
         _choice("log.trackers", tracker, tuple(TRACKER_MODULES))

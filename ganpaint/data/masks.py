@@ -76,7 +76,7 @@ def _integers(
     device,
 ) -> torch.Tensor:
     """Uniform integers in [low, high] (inclusive; bounds may be tensors), as long."""
-    span = torch.as_tensor(high, device=device) - low + 1
+    span = high - low + 1  # a Python int stays one: no scalar copied to the device
     return (low + (_uniform(shape, generator, device) * span).floor()).long()
 
 

@@ -2,17 +2,21 @@
 fixed validation batch, and in-order evaluation batches.
 
 Determinism contract: the training stream is a pure function of (manifest, DataConfig, local
-batch, rank, world size, seed, start_step). Every random choice (shard order, shuffle buffer,
-crop unless data.crop is "centre", flip, which caption of an image with data.captions) comes from a generator seeded by those values; DataLoader workers produce whole
-batches and the loader takes them round-robin, so the batch order is fixed too. The training loop
-rebuilds the loader at every checkpoint with start_step = that step, so a resumed run sees exactly
-the batches of an uninterrupted one without saving any iterator state.
+batch, rank, world size, seed) and of the position it starts at. Batch b of a rank comes from
+reader b mod R of that rank (R = max(1, data.workers) readers, one per DataLoader worker, which
+the loader takes round-robin), as that reader's (b // R)-th batch of local_batch consecutive
+samples of its stream (ganpaint/data/order.py: shards dealt per epoch, buffered shuffle), cropped
+and flipped (unless data.crop is "centre") by a generator seeded by (seed, rank, b), which also
+draws which caption of each image is used when data.captions is on. Everything a batch needs is computed from
+the manifest's counts, so a loader opened at batch b yields exactly what one opened at 0 yields
+from its b-th batch on, without decoding the batches before it: the training loop opens one
+loader for the whole run, and a resume opens it where the run stopped.
 
-Shards per epoch: each (rank, worker) pair is a reader. In every epoch the train shards are
-permuted by (seed, start_step, epoch) and dealt round-robin to the readers, so no two readers (and
-no two ranks) read the same shard in an epoch and together they read all of them. With fewer
-shards than readers that cannot be done: each reader then draws one shard per epoch at random,
-with replacement. Either way every rank's stream is endless, so all ranks yield equal batch counts.
+Shards per epoch: in every epoch the train shards are permuted and dealt round-robin to all
+readers of all ranks, so no two readers (and no two ranks) read the same shard in an epoch and
+together they read all of them. With fewer shards than readers each reader draws one shard per
+epoch at random, with replacement. Either way every rank's stream is endless, so all ranks yield
+equal batch counts.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ import numpy as np
 import torch
 
 from ganpaint.config import DataConfig
-from ganpaint.data.batches import ErrorCount, fill_batches, read_samples, shuffle
+from ganpaint.data.batches import (
+    ErrorCount,
+    Lookahead,
+    fill_batches,
+    positioned_batch,
+    read_samples,
+    reader_samples,
+)
 from ganpaint.data.captions import CaptionTokens, load_tokenizer
 from ganpaint.data.decode import (
     centre_square,
@@ -37,10 +48,12 @@ from ganpaint.data.decode import (
     random_square,
     scaled_centre_square,
 )
+from ganpaint.data.order import ReaderPlan, seed_words
 from ganpaint.data.packing import MANIFEST
 from ganpaint.errors import UserError
 
-SHARD_ORDER, SAMPLE_ORDER = 0, 1  # first seed word: the two kinds of generator never share a stream
+PREFETCH_BATCHES = 2  # per worker, as DataLoader defaults: each waiting batch holds shared memory
+CROPS = 2  # first seed word of the crop generators (ganpaint/data/order.py holds 0 and 1)
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
@@ -68,8 +81,9 @@ def read_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def _split_paths(manifest: dict, shard_dir: str | Path, split: str) -> list[str]:
-    """Paths of the split's non-empty shards, in manifest order; UserError if one is missing."""
+def _split_shards(manifest: dict, shard_dir: str | Path, split: str) -> list[tuple[str, int]]:
+    """(path, sample count) of the split's non-empty shards, in manifest order; UserError if one
+    is missing."""
     if split not in manifest["splits"]:
         raise UserError(
             f"{Path(shard_dir) / MANIFEST}: no split {split!r} "
@@ -81,34 +95,13 @@ def _split_paths(manifest: dict, shard_dir: str | Path, split: str) -> list[str]
         if not path.is_file():
             raise UserError(f"{path}: listed in {MANIFEST} but missing")
         if shard["count"]:
-            paths.append(str(path))
+            paths.append((str(path), int(shard["count"])))
     return paths
 
 
-def epoch_shards(
-    shard_count: int, reader: int, readers: int, seed: int, start_step: int, epoch: int
-) -> list[int]:
-    """Indices of the shards that `reader` (of `readers`) reads in `epoch`.
-
-    Disjoint across readers and complete when shard_count >= readers; otherwise one shard drawn
-    with replacement per reader and epoch.
-    """
-    if shard_count >= readers:
-        order = np.random.default_rng(_words(SHARD_ORDER, seed, start_step, epoch)).permutation(
-            shard_count
-        )
-        return order[reader::readers].tolist()
-    draw = np.random.default_rng(_words(SHARD_ORDER, seed, start_step, epoch, reader))
-    return [int(draw.integers(shard_count))]
-
-
-def _words(*values: int) -> list[int]:
-    """Seed words for numpy's SeedSequence, which takes non-negative integers only."""
-    return [value % 2**64 for value in values]
-
-
 class TrainStream(torch.utils.data.IterableDataset):
-    """One rank's endless stream of augmented training batches (see the module docstring)."""
+    """One rank's endless stream of augmented training batches from batch `start_batch` on (see
+    the module docstring)."""
 
     def __init__(
         self,
@@ -117,11 +110,11 @@ class TrainStream(torch.utils.data.IterableDataset):
         rank: int,
         world_size: int,
         seed: int,
-        start_step: int,
+        start_batch: int,
     ):
         manifest = read_manifest(data.shards)
-        self.paths = _split_paths(manifest, data.shards, "train")
-        if not self.paths:
+        shards = _split_shards(manifest, data.shards, "train")
+        if not shards:
             raise UserError(f"{Path(data.shards) / MANIFEST}: the train split holds no images")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -133,41 +126,56 @@ class TrainStream(torch.utils.data.IterableDataset):
                 f"{data.resize_max_px} for sharper crops",
                 stacklevel=3,
             )
+        self.paths = [path for path, _ in shards]
+        self.counts = [count for _, count in shards]
         self.data, self.local_batch = data, local_batch
         self.rank, self.world_size = rank, world_size
-        self.seed, self.start_step = seed, start_step
+        self.seed, self.start_batch = seed, start_batch
         self.image_key = manifest["image_key"]
         self.reduction = decode_reduction(packed_px, data.resize_max_px)
         self.readers_per_rank = max(1, data.workers)
         self.tokenizer = load_tokenizer(data.shards) if data.captions else None
-
-    def _shard_urls(self, reader: int) -> Iterator[str]:
-        readers = self.world_size * self.readers_per_rank
-        for epoch in itertools.count():
-            for index in epoch_shards(
-                len(self.paths), reader, readers, self.seed, self.start_step, epoch
-            ):
-                yield self.paths[index]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
         if info is not None:  # the workers already fill the cores: OpenCV threads would fight them
             cv2.setNumThreads(1)
-        data = self.data
-        reader = self.rank * self.readers_per_rank + worker
-        rng = np.random.default_rng(
-            _words(SAMPLE_ORDER, self.seed, self.start_step, self.rank, worker)
-        )
-        errors = ErrorCount(f"{data.shards} (rank {self.rank}, worker {worker})")
-        samples = shuffle(
-            read_samples(self._shard_urls(reader), self.image_key, errors, data.captions),
+        data, readers = self.data, self.readers_per_rank
+        # The loader takes its workers round-robin from its first batch on: this worker makes
+        # batches first, first + readers, ... of the rank, all from the same reader.
+        first = self.start_batch + worker
+        reader = first % readers
+        plan = ReaderPlan(
+            self.counts,
+            self.rank * readers + reader,
+            self.world_size * readers,
+            self.seed,
             data.shuffle_buffer,
-            rng,
         )
-        tokens_of = None
-        if self.tokenizer is not None:
-            tokens_of = CaptionTokens(self.tokenizer, data.caption_tokens, rng)
+        errors = ErrorCount(f"{data.shards} (rank {self.rank}, reader {reader})")
+        start = first // readers * self.local_batch
+        samples = Lookahead(
+            reader_samples(self.paths, plan, start, self.image_key, errors, data.captions)
+        )
+        for batch_number in itertools.count(first, readers):
+            rng = np.random.default_rng(seed_words(CROPS, self.seed, self.rank, batch_number))
+            tokens_of = None
+            if self.tokenizer is not None:
+                tokens_of = CaptionTokens(self.tokenizer, data.caption_tokens, rng)
+            yield positioned_batch(
+                samples,
+                self.reduction,
+                data.image_px,
+                self.local_batch,
+                self._chooser(rng),
+                errors,
+                tokens_of,
+            )
+
+    def _chooser(self, rng: np.random.Generator):
+        """The crop (and flip) of each image of a batch, drawn from the batch's generator."""
+        data = self.data
 
         def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
             if data.crop == "centre":
@@ -178,16 +186,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 )
             return square, bool(data.hflip and rng.random() < 0.5)
 
-        return fill_batches(
-            samples,
-            self.reduction,
-            data.image_px,
-            self.local_batch,
-            choose,
-            errors,
-            None,
-            tokens_of,
-        )
+        return choose
 
 
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
@@ -201,11 +200,15 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
 def train_loader(
     data: DataConfig, local_batch: int, rank: int, world_size: int, seed: int, start_step: int
 ) -> Iterable[torch.Tensor]:
-    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank; with
+    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank, from
+    the stream's batch number `start_step` on (the loader's own steps: one batch each); with
     data.captions, (images, int64 token ids [local_batch, data.caption_tokens]) pairs.
 
-    data.workers DataLoader workers (0 = in this process); pinned memory when CUDA is available.
+    data.workers DataLoader workers (0 = in this process), each keeping PREFETCH_BATCHES batches
+    ready; pinned memory when CUDA is available, so the copy to the GPU can run asynchronously.
     The batch sequence is a pure function of the arguments and the manifest (module docstring).
+    Iterate it once per run: its workers then live as long as the run, with no restart between
+    checkpoints (DataLoader's persistent_workers only matters when a loader is iterated again).
     """
     stream = TrainStream(data, local_batch, rank, world_size, seed, start_step)
     return torch.utils.data.DataLoader(
@@ -213,10 +216,10 @@ def train_loader(
         batch_size=None,
         num_workers=data.workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        prefetch_factor=PREFETCH_BATCHES if data.workers else None,
         worker_init_fn=_leave_stop_signals_to_the_trainer,
         # A private generator: building the loader must not advance the global torch RNG.
-        generator=torch.Generator().manual_seed(_words(seed)[0] % 2**63),
+        generator=torch.Generator().manual_seed(seed_words(seed)[0] % 2**63),
     )
 
 
@@ -236,7 +239,7 @@ def iterate_split(
     short. Corrupt samples are skipped with a warning.
     """
     manifest = read_manifest(shard_dir)
-    paths = _split_paths(manifest, shard_dir, split)
+    paths = [path for path, _ in _split_shards(manifest, shard_dir, split)]
     errors = ErrorCount(f"{shard_dir} ({split})")
     samples = read_samples(paths, manifest["image_key"], errors, tokens_of is not None)
     reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
@@ -251,7 +254,7 @@ def held_out_split(shard_dir: str | Path, preferred: str) -> str:
     """`preferred` if it holds images, else the first of val, test that does, else train (with a
     warning: scores on training images flatter the model)."""
     manifest = read_manifest(shard_dir)
-    _split_paths(manifest, shard_dir, preferred)  # an unknown split is an error, not a fallback
+    _split_shards(manifest, shard_dir, preferred)  # an unknown split is an error, not a fallback
     counts = {name: entry["count"] for name, entry in manifest["splits"].items()}
     for split in (preferred, "val", "test"):
         if counts.get(split):

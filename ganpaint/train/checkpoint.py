@@ -66,11 +66,12 @@ def save(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()  # the directory exists before any rank writes into it
         facts = state.backend.save(state, tmp)
+        skipped = state.health.read().skipped
         if accelerator.is_main_process:
             record = {
                 "step": step,
                 "config": config_lib.to_dict(config),
-                "health": {"skipped": state.health.skipped},
+                "health": {"skipped": skipped},
                 "backend": {"name": state.backend.name, "label": state.backend.label, **facts},
                 **(extra or {}),
             }
@@ -119,7 +120,7 @@ def load(state: TrainState, path: Path) -> dict:
             f"{state.backend.label}: launch it as it was started, or use a new run.dir"
         )
     state.backend.load(state, path, facts)
-    state.health.skipped = int(saved.get("health", {}).get("skipped", 0))
+    state.health.skipped_before = int(saved.get("health", {}).get("skipped", 0))
     return saved
 
 

@@ -47,9 +47,10 @@ def device_batch(
 class DataFeed:
     """Micro-batches on the device for each step, in an order that depends only on the step.
 
-    The loader is rebuilt at every multiple of `checkpoint.every_steps` with that step as its seed,
-    so resuming from any checkpoint replays the exact stream: from a checkpoint inside a segment,
-    the batches of the segment's earlier steps are drawn and dropped.
+    One loader serves the whole run. Its stream is positioned in batches (ganpaint/data/stream.py),
+    and the batches before a step are counted from the phases, so the first call (a fresh run, a
+    resume, or `ganpaint bench` jumping to a phase) opens the loader exactly where that step's
+    batches are, and consecutive steps read straight on.
     """
 
     def __init__(
@@ -63,36 +64,39 @@ class DataFeed:
         self.config, self.run_phases = config, run_phases
         self.rank, self.world, self.device = rank, world, device
         self.local_batch = micro_batch_size(config, world)
-        self.segment = config.checkpoint.every_steps
         self.stream: Iterator[torch.Tensor] | None = None
+        self.next_step: int | None = None
 
-    def _micro_batches(self, step: int) -> int:
-        kind = phase_at(step, self.run_phases).kind
+    def _micro_batches(self, phase: Phase) -> int:
         return micro_batches_per_step(
-            kind, self.config.schedule.critic_steps, self.config.optim.grad_accum_steps
+            phase.kind, self.config.schedule.critic_steps, self.config.optim.grad_accum_steps
         )
 
-    def _open(self, segment_start: int) -> None:
-        self.stream = iter(
-            train_loader(
-                self.config.data,
-                self.local_batch,
-                self.rank,
-                self.world,
-                self.config.run.seed,
-                segment_start,
-            )
-        )
+    def batches_before(self, step: int) -> int:
+        """Loader batches that steps 0 .. step-1 take (past the schedule: the last phase's rate)."""
+        last = self.run_phases[-1]
+        total = max(0, step - last.end_step) * self._micro_batches(last)
+        for phase in self.run_phases:
+            taken = min(step, phase.end_step) - phase.start_step
+            total += max(0, taken) * self._micro_batches(phase)
+        return total
 
     def batches(self, step: int) -> list[Batch]:
-        if self.stream is None or step % self.segment == 0:
-            segment_start = step - step % self.segment
-            self._open(segment_start)
-            for earlier in range(segment_start, step):
-                for _ in range(self._micro_batches(earlier)):
-                    next(self.stream)
+        if step != self.next_step:
+            self.stream = None  # a loader left behind stops its workers
+            self.stream = iter(
+                train_loader(
+                    self.config.data,
+                    self.local_batch,
+                    self.rank,
+                    self.world,
+                    self.config.run.seed,
+                    self.batches_before(step),
+                )
+            )
+        self.next_step = step + 1
         generator = hole_generator(self.config.run.seed, self.rank, step, self.device)
         return [
             device_batch(self.config, next(self.stream), generator, self.device)
-            for _ in range(self._micro_batches(step))
+            for _ in range(self._micro_batches(phase_at(step, self.run_phases)))
         ]

@@ -29,9 +29,10 @@ from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
 from ganpaint.train.backend import TrainState
 from ganpaint.train.feed import DataFeed
+from ganpaint.train.guard import HealthReading
 from ganpaint.train.log import RunLogger
-from ganpaint.train.schedule import boundaries, phase_at, phases
-from ganpaint.train.setup import build_state, fit_workers, make_backend, step_settings
+from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
+from ganpaint.train.setup import build_state, compiles, fit_workers, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS
 from ganpaint.train.stop import write_marker
 from ganpaint.train.validation import baseline_key, load_validation_set, run_validation
@@ -135,6 +136,18 @@ def _agree(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
+def _checked(health: HealthReading, run_phases: tuple[Phase, ...]) -> HealthReading:
+    """The reading, or TrainingDiverged if run.max_bad_steps non-finite updates came in a row."""
+    if health.storm is None:
+        return health
+    step, count, net = health.storm
+    phase = phase_at(step - 1, run_phases)
+    raise TrainingDiverged(
+        f"{count} non-finite '{net}' losses in a row in phase {phase.number} ({phase.name}) at "
+        f"step {step}: lower the learning rate or check the data; the last good checkpoint is kept"
+    )
+
+
 def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     """Train `config` to schedule.total_steps (or until a stop signal). Returns the run dir.
 
@@ -194,9 +207,15 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
     if accelerator.is_main_process:
         _record_changes(run_dir, step, changes, logger)
+    if config.run.compile and not compiles(config, backend):
+        logger.message(
+            f"run.compile applies on CUDA under DDP: this {backend.label} run on "
+            f"{accelerator.device.type} trains eagerly"
+        )
     plain_generator = plain_module(state.generator)
 
     def save(at_step: int) -> Path:
+        _checked(state.health.read(), run_phases)  # a diverged run keeps its last good checkpoint
         return checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
 
     def show(at_step: int) -> dict[str, float]:
@@ -229,20 +248,17 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 phase = phase_at(step, run_phases)
                 losses = STEP_FUNCTIONS[phase.kind](state, settings, feed.batches(step))
                 step += 1
+                state.health.end_step(step, config.run.max_bad_steps)
                 logger.record(losses, config.data.batch_size)
-                if state.health.in_a_row >= config.run.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{state.health.in_a_row} non-finite '{state.health.last_bad}' losses in a "
-                        f"row in phase {phase.number} ({phase.name}) at step {step}: lower the "
-                        "learning rate or check the data; the last good checkpoint is kept"
-                    )
 
                 # Tick: scalars every log.every_steps (the loop's one planned host sync, where
-                # the ranks also agree on stop signals), images every log.image_every_steps
-                # (the last step's are made once, by the finish below).
+                # the ranks also agree on stop signals and a run of non-finite losses stops the
+                # run), images every log.image_every_steps (the last step's are made once, by
+                # the finish below).
                 stop = False
                 if step % config.log.every_steps == 0 or step == total:
-                    logger.tick(step, phase.name, _tick_extras(state))
+                    health = _checked(state.health.read(), run_phases)
+                    logger.tick(step, phase.name, _tick_extras(state, health))
                     stop = _agree(accelerator, signals.received is not None)
                 if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
@@ -280,9 +296,9 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         logger.close()
 
 
-def _tick_extras(state: TrainState) -> dict[str, float]:
+def _tick_extras(state: TrainState, health: HealthReading) -> dict[str, float]:
     """Health and learning rates, logged beside the losses at every tick."""
-    extras = {"health/skipped_steps": float(state.health.skipped)}
+    extras = {"health/skipped_steps": float(health.skipped)}
     for name, optimizer in state.optimizers().items():
         extras[f"lr/{name}"] = float(optimizer.param_groups[0]["lr"])
     return extras

@@ -113,9 +113,18 @@ def critic_clamp(config: TrainConfig) -> float:
     return 0.03 if config.schedule.critic_steps > 1 else 0.05
 
 
+def compiles(config: TrainConfig, backend: Backend) -> bool:
+    """run.compile applies on CUDA under DDP only. On the CPU, inductor's C++ code takes minutes
+    and a toolchain to build, and the CPU runs (demos, tests, smoke runs of the GPU presets, which
+    turn compile on) are short; DeepSpeed's engines are untested with compiled nets."""
+    device = backend.accelerator.device
+    return config.run.compile and device.type == "cuda" and backend.compiles_nets
+
+
 def build_state(config: TrainConfig, backend: Backend) -> TrainState:
     """Nets (SyncBatchNorm, channels_last, torch.compile as configured) and optimisers, prepared
-    by the backend."""
+    by the backend. Each net is compiled once; its graphs per phase (train, frozen, no-grad) are
+    traced on the phase's first step."""
     set_seed(config.run.seed)  # same initial weights on every rank and in every re-run
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
     if config.run.sync_batchnorm and backend.accelerator.num_processes > 1:
@@ -133,9 +142,10 @@ def build_state(config: TrainConfig, backend: Backend) -> TrainState:
             optim.discriminator, nets.discriminator.parameters(), optim.discriminator_lr, optim
         ),
     )
-    if config.run.compile:
-        nets.generator = torch.compile(nets.generator)
-        nets.discriminator = torch.compile(nets.discriminator)
+    if compiles(config, backend):
+        mode = config.run.compile_mode
+        nets.generator = torch.compile(nets.generator, mode=mode)
+        nets.discriminator = torch.compile(nets.discriminator, mode=mode)
     return backend.prepare(config, nets, optimizers)
 
 

@@ -69,7 +69,8 @@ def _update(
     loss_fn: Callable[[Batch], Losses],
 ) -> Losses:
     """Backward `loss_fn(batch)["loss"]` over micro-batches into `net` ("generator" or
-    "discriminator"), then step its optimiser unless the loss is non-finite (counted in health).
+    "discriminator"), then step its optimiser unless the loss is non-finite (counted in health,
+    on the device: nothing here waits for the GPU).
 
     Gradients are synchronised on the last micro-batch only. Under fp16 the scaler may also skip a
     step (gradient overflow): that is routine loss scaling, not counted as a bad step.
@@ -83,12 +84,7 @@ def _update(
         )
         for key, value in values.items():
             totals[key] = totals.get(key, 0) + value.detach().float() / count
-    if state.backend.apply_update(model, optimizer, totals["loss"]):
-        state.health.in_a_row = 0
-    else:
-        state.health.skipped += 1
-        state.health.in_a_row += 1
-        state.health.last_bad = net
+    state.health.record(state.backend.apply_update(model, optimizer, totals["loss"]), net)
     return {f"{net}_{key}": value for key, value in totals.items()}
 
 
