@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import traceback
 
 from ganpaint import config as config_lib
 from ganpaint.errors import UserError
@@ -14,12 +15,31 @@ def main() -> int:
     parser.add_argument("--config", required=True, help="configs/NAME.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
     args = parser.parse_args()
+    rank = os.environ.get("RANK", "0")
+    where = f"train.py (rank {rank})" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else "train.py"
+    # Every failure ends in one line and an exit status, on every rank: a rank that raised must
+    # leave (its peers' collectives then fail too, and the launcher stops the rest).
     try:
         train(config_lib.load(args.config, args.overrides))
     except UserError as error:
-        print(f"train.py: error: {error}", file=sys.stderr, flush=True)
+        print(f"{where}: error: {error}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted (the newest complete checkpoint is kept)", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if not _peer_failure(error):  # a bug: its traceback is what a report needs
+            traceback.print_exc()
+        first = next(iter(str(error).strip().splitlines()), "")
+        print(f"{where}: error: {type(error).__name__}: {first}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def _peer_failure(error: Exception) -> bool:
+    """A collective that failed because another process ended (its own line says why)."""
+    text = str(error)
+    return "Connection closed by peer" in text or "Connection reset by peer" in text
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ with replacement. Either way every rank's stream is endless, so all ranks yield 
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -31,52 +31,13 @@ import torch
 from ganpaint.config import DataConfig
 from ganpaint.data.batches import ErrorCount, fill_batches, read_samples, shuffle
 from ganpaint.data.decode import centre_square, decode_reduction, random_square
+from ganpaint.data.manifest import check_split, read_manifest, split_paths
 from ganpaint.data.packing import MANIFEST
 from ganpaint.errors import UserError
 
+__all__ = ["read_manifest", "train_loader", "iterate_split", "val_batch", "epoch_shards"]
+
 SHARD_ORDER, SAMPLE_ORDER = 0, 1  # first seed word: the two kinds of generator never share a stream
-
-
-def read_manifest(shard_dir: str | Path) -> dict:
-    """The shard directory's manifest.json. UserError (one line) if missing or not a manifest."""
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
-        raise UserError(
-            f"{path}: not found; pack shards first: ganpaint shards --output {shard_dir} ..."
-        )
-    try:
-        manifest = json.loads(path.read_text())
-        splits = manifest["splits"]
-        valid = (
-            all(isinstance(splits[name]["shards"], list) for name in splits)
-            and len(manifest["mean_rgb"]) == 3
-            and int(manifest["parameters"]["size"]) > 0
-            and isinstance(manifest["image_key"], str)
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(
-            f"{path}: not a ganpaint shard manifest ({type(error).__name__}: {error})"
-        ) from None
-    if not valid:
-        raise UserError(f"{path}: not a ganpaint shard manifest")
-    return manifest
-
-
-def _split_paths(manifest: dict, shard_dir: str | Path, split: str) -> list[str]:
-    """Paths of the split's non-empty shards, in manifest order; UserError if one is missing."""
-    if split not in manifest["splits"]:
-        raise UserError(
-            f"{Path(shard_dir) / MANIFEST}: no split {split!r} "
-            f"(has {', '.join(manifest['splits'])})"
-        )
-    paths = []
-    for shard in manifest["splits"][split]["shards"]:
-        path = Path(shard_dir) / shard["name"]
-        if not path.is_file():
-            raise UserError(f"{path}: listed in {MANIFEST} but missing")
-        if shard["count"]:
-            paths.append(str(path))
-    return paths
 
 
 def epoch_shards(
@@ -112,9 +73,10 @@ class TrainStream(torch.utils.data.IterableDataset):
         world_size: int,
         seed: int,
         start_step: int,
+        counted: bool = False,
     ):
         manifest = read_manifest(data.shards)
-        self.paths = _split_paths(manifest, data.shards, "train")
+        self.paths = split_paths(manifest, data.shards, "train")
         if not self.paths:
             raise UserError(f"{Path(data.shards) / MANIFEST}: the train split holds no images")
         if not 0 <= rank < world_size:
@@ -133,6 +95,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.image_key = manifest["image_key"]
         self.reduction = decode_reduction(packed_px, data.resize_max_px)
         self.readers_per_rank = max(1, data.workers)
+        self.counted = counted
 
     def _shard_urls(self, reader: int) -> Iterator[str]:
         readers = self.world_size * self.readers_per_rank
@@ -142,7 +105,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             ):
                 yield self.paths[index]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
         if info is not None:  # the workers already fill the cores: OpenCV threads would fight them
@@ -163,29 +126,76 @@ class TrainStream(torch.utils.data.IterableDataset):
             )
             return square, bool(data.hflip and rng.random() < 0.5)
 
-        return fill_batches(
+        batches = fill_batches(
             samples, self.reduction, data.image_px, self.local_batch, choose, errors
         )
+        return _reported(batches, errors, self.counted)
+
+
+@dataclass(frozen=True)
+class ReaderFailure:
+    """A reader's UserError, handed to the main process as data: a DataLoader would re-raise it
+    with the worker's whole traceback in the message."""
+
+    message: str
+
+
+def _reported(batches: Iterator[torch.Tensor], errors: ErrorCount, counted: bool) -> Iterator:
+    """Each batch (with `counted`: a (batch, samples skipped while filling it) pair), then a
+    ReaderFailure if the reader gives up."""
+    skipped_before = 0
+    try:
+        for batch in batches:
+            yield (batch, errors.total - skipped_before) if counted else batch
+            skipped_before = errors.total
+    except UserError as error:
+        yield ReaderFailure(str(error))
 
 
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """Workers ignore SIGTERM / SIGUSR1: `timeout`, SLURM or a shell may signal the whole process
-    group, and a worker dying mid-step would abort the training step the main process is finishing
-    before its checkpoint. Workers still exit when the main process does (DataLoader watchdog)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    """Workers ignore SIGTERM / SIGUSR1 / SIGINT: `timeout`, SLURM, a shell or Ctrl-C may signal
+    the whole process group, and a worker dying mid-step would abort the training step the main
+    process is finishing before its checkpoint. Workers still exit when the main process closes
+    the loader or dies (DataLoader watchdog)."""
+    for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
+
+
+def _one_line_failures(loader: torch.utils.data.DataLoader) -> Iterator:
+    """The loader's items; a reader's failure raised here as one line. Closing this generator (or
+    leaving it by an exception) stops the loader's workers at once."""
+    iterator = iter(loader)
+    try:
+        for item in iterator:
+            if isinstance(item, ReaderFailure):
+                raise UserError(item.message)
+            yield item
+    finally:
+        # Not left to the garbage collector: a traceback can keep the iterator alive, and workers
+        # that ignore SIGTERM would then block the interpreter's exit for ever.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def train_loader(
-    data: DataConfig, local_batch: int, rank: int, world_size: int, seed: int, start_step: int
-) -> Iterable[torch.Tensor]:
-    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank.
+    data: DataConfig,
+    local_batch: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    start_step: int,
+    counted: bool = False,
+) -> Iterator:
+    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank; with
+    `counted`, (batch, corrupt samples or shards skipped while filling it) pairs.
 
     data.workers DataLoader workers (0 = in this process); pinned memory when CUDA is available.
     The batch sequence is a pure function of the arguments and the manifest (module docstring).
+    A reader that gives up (too many corrupt samples in a row) raises UserError here, in one line.
     """
-    stream = TrainStream(data, local_batch, rank, world_size, seed, start_step)
-    return torch.utils.data.DataLoader(
+    stream = TrainStream(data, local_batch, rank, world_size, seed, start_step, counted)
+    loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
         num_workers=data.workers,
@@ -195,6 +205,7 @@ def train_loader(
         # A private generator: building the loader must not advance the global torch RNG.
         generator=torch.Generator().manual_seed(_words(seed)[0] % 2**63),
     )
+    return _one_line_failures(loader)
 
 
 def iterate_split(
@@ -206,7 +217,7 @@ def iterate_split(
     short. Corrupt samples are skipped with a warning.
     """
     manifest = read_manifest(shard_dir)
-    paths = _split_paths(manifest, shard_dir, split)
+    paths = split_paths(manifest, shard_dir, split)
     errors = ErrorCount(f"{shard_dir} ({split})")
     samples = read_samples(paths, manifest["image_key"], errors)
     reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
@@ -225,7 +236,7 @@ def val_batch(data: DataConfig, count: int, split: str | None = None) -> torch.T
     """
     split = split or data.val_split
     manifest = read_manifest(data.shards)
-    _split_paths(manifest, data.shards, split)  # an unknown split is an error, not a fallback
+    check_split(manifest, data.shards, split)  # an unknown split is an error, not a fallback
     if not manifest["splits"][split]["count"]:
         warnings.warn(
             f"{data.shards}: split {split!r} is empty; validating on 'train' images", stacklevel=2

@@ -42,6 +42,9 @@ class DataFeed:
     The loader is rebuilt at every multiple of `checkpoint.every_steps` with that step as its seed,
     so resuming from any checkpoint replays the exact stream: from a checkpoint inside a segment,
     the batches of the segment's earlier steps are drawn and dropped.
+
+    Corrupt samples the loader skipped are counted per batch handed out (not per batch dropped in
+    a replay, which the checkpoint's count already holds); `take_skipped` drains the count.
     """
 
     def __init__(
@@ -56,7 +59,8 @@ class DataFeed:
         self.rank, self.world, self.device = rank, world, device
         self.local_batch = micro_batch_size(config, world)
         self.segment = config.checkpoint.every_steps
-        self.stream: Iterator[torch.Tensor] | None = None
+        self.stream: Iterator[tuple[torch.Tensor, int]] | None = None
+        self.skipped = 0
 
     def _micro_batches(self, step: int) -> int:
         kind = phase_at(step, self.run_phases).kind
@@ -65,16 +69,32 @@ class DataFeed:
         )
 
     def _open(self, segment_start: int) -> None:
-        self.stream = iter(
-            train_loader(
-                self.config.data,
-                self.local_batch,
-                self.rank,
-                self.world,
-                self.config.run.seed,
-                segment_start,
-            )
+        self.close()
+        self.stream = train_loader(
+            self.config.data,
+            self.local_batch,
+            self.rank,
+            self.world,
+            self.config.run.seed,
+            segment_start,
+            counted=True,
         )
+
+    def _next(self) -> torch.Tensor:
+        images, skipped = next(self.stream)
+        self.skipped += skipped
+        return images
+
+    def take_skipped(self) -> int:
+        """Corrupt samples or shards skipped for the batches handed out since the last call."""
+        skipped, self.skipped = self.skipped, 0
+        return skipped
+
+    def close(self) -> None:
+        """Stop the loader's workers now (also on an error, so no worker outlives the run)."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
     def batches(self, step: int) -> list[Batch]:
         if self.stream is None or step % self.segment == 0:
@@ -85,6 +105,6 @@ class DataFeed:
                     next(self.stream)
         generator = hole_generator(self.config.run.seed, self.rank, step, self.device)
         return [
-            device_batch(self.config, next(self.stream), generator, self.device)
+            device_batch(self.config, self._next(), generator, self.device)
             for _ in range(self._micro_batches(step))
         ]

@@ -10,6 +10,7 @@ save a checkpoint there and return normally, so a requeued job carries on.
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -18,12 +19,12 @@ from torchvision.utils import save_image
 
 from ganpaint import config as config_lib
 from ganpaint.config import TrainConfig
-from ganpaint.data.stream import read_manifest
+from ganpaint.data.manifest import check_split, read_manifest
 from ganpaint.errors import UserError
 from ganpaint.export import save_export
 from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
-from ganpaint.train.backend import TrainState
+from ganpaint.train.distributed import sum_over_ranks
 from ganpaint.train.feed import DataFeed
 from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import boundaries, phase_at, phases
@@ -37,18 +38,30 @@ class TrainingDiverged(UserError):
 
 
 class StopSignals:
-    """Remembers SIGTERM / SIGUSR1 so the loop can stop at a step boundary."""
+    """Remembers SIGTERM / SIGUSR1 / SIGINT so the loop can stop at a step boundary. A second
+    Ctrl-C stops at once (KeyboardInterrupt; saves are atomic, so no checkpoint is harmed); one
+    within SECOND_PRESS_S of the first is the same press relayed (`accelerate launch` forwards it
+    to every process the terminal already signalled)."""
+
+    SECOND_PRESS_S = 1.0
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.previous = {}
+        self.interrupted_at: float | None = None
 
     def __enter__(self) -> StopSignals:
-        for number in (signal.SIGTERM, signal.SIGUSR1):
+        for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             self.previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, number: int, frame) -> None:
+        if number == signal.SIGINT:
+            now = time.monotonic()
+            if self.interrupted_at is None:
+                self.interrupted_at = now
+            elif now - self.interrupted_at >= self.SECOND_PRESS_S:
+                signal.default_int_handler(number, frame)  # raises KeyboardInterrupt
         self.received = number
 
     def __exit__(self, *exc) -> None:
@@ -62,14 +75,10 @@ def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
     return torch.tensor(manifest["mean_rgb"], dtype=torch.float32)
 
 
-def _resume(state: TrainState, config: TrainConfig, run_dir: Path) -> int:
-    path = checkpoint.latest(run_dir)
-    if path is None:
-        return 0
-    saved = checkpoint.read_state(path)
-    checkpoint.check_compatible(saved, config, path)
-    checkpoint.load(state, path)
-    return int(saved["step"])
+def _check_run_dir(run_dir: Path) -> None:
+    for path in (run_dir, checkpoint.checkpoint_root(run_dir)):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"run.dir: {path} exists and is not a directory")
 
 
 def _agree(accelerator: Accelerator, flag: bool) -> bool:
@@ -88,6 +97,9 @@ def train(config: TrainConfig) -> Path:
     config_lib.validate(config, accelerator.num_processes)
     manifest = read_manifest(config.data.shards)
     run_dir = Path(config.run.dir)
+    _check_run_dir(run_dir)
+    if config.data.val_images:
+        check_split(manifest, config.data.shards, config.data.val_split)
     fill_rgb = _fill_colour(config, manifest)
     state = build_state(config, backend)
     settings = step_settings(config, fill_rgb, accelerator.device)
@@ -95,8 +107,12 @@ def train(config: TrainConfig) -> Path:
     phase_ends = boundaries(run_phases)
     total = config.schedule.total_steps
 
-    # Resume: the newest checkpoint of this run directory, if any, in the right phase.
-    step = _resume(state, config, run_dir)
+    validation = None  # data.val_images 0: no validation grids or figures
+    if accelerator.is_main_process and config.data.val_images:
+        validation = load_validation_set(config, accelerator.device)
+
+    # Resume: the newest usable checkpoint of this run directory, if any, in the right phase.
+    step, resume_notes = checkpoint.resume(state, config, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -105,12 +121,11 @@ def train(config: TrainConfig) -> Path:
     logger = RunLogger(
         run_dir, config.log, accelerator.is_main_process, total, step, accelerator.device
     )
-    validation = (
-        load_validation_set(config, accelerator.device) if accelerator.is_main_process else None
-    )
     feed = DataFeed(
         config, accelerator.process_index, accelerator.num_processes, accelerator.device, run_phases
     )
+    for note in resume_notes:
+        logger.message(note)
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
     plain_generator = plain_module(state.generator)
@@ -119,7 +134,7 @@ def train(config: TrainConfig) -> Path:
         checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
 
     def show(at_step: int) -> dict[str, float]:
-        if not accelerator.is_main_process:
+        if validation is None:
             return {}
         scalars, grid = run_validation(plain_generator, settings, validation)
         logger.scalars(at_step, scalars)
@@ -133,6 +148,7 @@ def train(config: TrainConfig) -> Path:
             while step < total:
                 phase = phase_at(step, run_phases)
                 losses = STEP_FUNCTIONS[phase.kind](state, settings, feed.batches(step))
+                state.health.corrupt_samples += feed.take_skipped()
                 step += 1
                 logger.record(losses, config.data.batch_size)
                 if state.health.in_a_row >= config.run.max_bad_steps:
@@ -147,7 +163,13 @@ def train(config: TrainConfig) -> Path:
                 # (the last step's are made once, by the finish below).
                 stop = False
                 if step % config.log.every_steps == 0 or step == total:
-                    logger.tick(step, phase.name, {"health/skipped_steps": state.health.skipped})
+                    health = {
+                        "health/skipped_steps": state.health.skipped,
+                        "health/corrupt_samples": sum_over_ranks(
+                            accelerator, state.health.corrupt_samples
+                        ),
+                    }
+                    logger.tick(step, phase.name, health)
                     stop = _agree(accelerator, signals.received is not None)
                 if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
@@ -178,6 +200,7 @@ def train(config: TrainConfig) -> Path:
             _report(run_dir, show(step), logger)
         return run_dir
     finally:
+        feed.close()
         logger.close()
 
 

@@ -16,6 +16,7 @@ from ganpaint.completion import complete, fill_holes
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import val_batch
+from ganpaint.errors import UserError
 from ganpaint.eval.metrics import psnr
 from ganpaint.models.layers import evaluating
 from ganpaint.train.steps import StepSettings
@@ -31,8 +32,15 @@ class ValidationSet:
 
 
 def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
+    """The fixed batch (data.val_images >= 1); UserError (one line) if no image of the split
+    decodes."""
     images = val_batch(config.data, config.data.val_images).to(device).float() / 255
     count = images.shape[0]
+    if not count:
+        raise UserError(
+            f"{config.data.shards}: no image of split {config.data.val_split!r} decodes: re-pack "
+            "the shards, name another data.val_split, or set data.val_images=0 (no validation)"
+        )
     seed = config.run.seed + VALIDATION_SEED_OFFSET
     holes = make_holes(
         config.masks, count, config.data.image_px, hole_generator(seed, 0, 0, device), device
