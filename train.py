@@ -9,6 +9,8 @@ from ganpaint import config as config_lib
 from ganpaint.errors import UserError
 from ganpaint.train.loop import train
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -28,18 +30,19 @@ def main() -> int:
         print(f"{where}: interrupted (the newest complete checkpoint is kept)", file=sys.stderr)
         return 130
     except Exception as error:
-        if not _peer_failure(error):  # a bug: its traceback is what a report needs
+        if _peer_failure(error):
+            message = "another process ended, so this one stops (that process says why)"
+        else:  # a bug: its traceback is what a report needs
             traceback.print_exc()
-        first = next(iter(str(error).strip().splitlines()), "")
-        print(f"{where}: error: {type(error).__name__}: {first}", file=sys.stderr, flush=True)
+            message = f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}"
+        print(f"{where}: error: {message}", file=sys.stderr, flush=True)
         return 1
     return 0
 
 
 def _peer_failure(error: Exception) -> bool:
-    """A collective that failed because another process ended (its own line says why)."""
-    text = str(error)
-    return "Connection closed by peer" in text or "Connection reset by peer" in text
+    """A collective that failed because another process ended (gloo's words for it)."""
+    return any(words in str(error) for words in PEER_GONE)
 
 
 if __name__ == "__main__":
