@@ -1,7 +1,8 @@
 """The `ganpaint` console script: argument parsing and dispatch only, no logic.
 
 Each subcommand imports its module lazily (torch alone costs seconds) and receives plain keyword
-arguments. A `UserError` anywhere below is printed as one line and exits with status 2.
+arguments. A `UserError` (or a file-system `OSError`) anywhere below is printed as one line and
+exits with status 2.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from ganpaint.errors import UserError
+from ganpaint.errors import UserError, describe_os_error
 
 
 def _shards(sub: argparse._SubParsersAction) -> None:
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(**args) or 0)
     except UserError as error:
         print(f"ganpaint: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"ganpaint: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ganpaint: interrupted", file=sys.stderr)

@@ -22,7 +22,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ganpaint.cli import main as cli_main
 from ganpaint.config import ConfigError
 from ganpaint.config import load as load_config
 from ganpaint.data.batches import ErrorCount, read_samples
@@ -356,11 +355,19 @@ def test_settings_refused_in_one_line_before_any_work(synthetic_shards, make_con
     assert not Path(config.run.dir).exists()  # no run dir, tb/ or stats.jsonl made
 
 
-def test_filesystem_errors_are_one_line(tmp_path, capsys):
+def test_filesystem_errors_are_one_line(synthetic_shards, make_config, tmp_path, capsys):
+    """`eval --json` into a missing directory makes it; under a file, it is one line."""
+    from test_eval import make_run, run_eval
+
+    run = make_run(make_config(synthetic_shards))
+    assert run_eval(run, synthetic_shards, "--json", str(tmp_path / "new" / "dir" / "r.json")) == 0
+    assert (tmp_path / "new" / "dir" / "r.json").is_file()
+    capsys.readouterr()
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    status = cli_main(["shards", "--source", "synthetic", "--count", "4", "--output", str(a_file)])
-    assert status == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert run_eval(run, synthetic_shards, "--json", str(a_file / "r.json")) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "a_file" in error, error
 
 
 # --- 7. corrupt samples are counted, as a running total that survives a resume -------------------
@@ -401,6 +408,89 @@ def test_corrupt_samples_are_a_running_total_across_resumes(
     assert [again[step] for step in range(1, 6)] == totals
     saved = json.loads((checkpoint.latest(resumed) / "state.json").read_text())
     assert saved["health"]["corrupt_samples"] == totals[-1]
+
+
+# --- every error case above, through the command line, under a timeout ---------------------------
+
+
+def error_case(name: str, shards: Path, tmp_path: Path, finished_run) -> tuple[list[str], str]:
+    """(ganpaint arguments, expected text of its one error line) for case `name`."""
+    train_args = ["train", "--config", str(TINY), f"data.shards={shards}"]
+    run = f"run.dir={tmp_path / 'run'}"
+    if name == "pipe manifest (train)":
+        hostile = copy_shards(shards, tmp_path / "hostile")
+        set_shard_name(hostile, "train", f"pipe:touch {tmp_path / 'MARKER'}")
+        return ["train", "--config", str(TINY), f"data.shards={hostile}", run], "refused shard"
+    if name == "pipe manifest (eval)":
+        from test_eval import make_run
+
+        hostile = copy_shards(shards, tmp_path / "hostile")
+        set_shard_name(hostile, "val", f"pipe:touch {tmp_path / 'MARKER'}")
+        config = load_config(TINY, [f"data.shards={shards}", run])
+        return ["eval", "--run", str(make_run(config)), "--shards", str(hostile)], "refused shard"
+    if name == "YAML list":
+        listed = tmp_path / "list.yaml"
+        listed.write_text("- a\n- b\n")
+        return ["train", "--config", str(listed)], "top level must be a mapping"
+    if name == "run.dir is a file":
+        (tmp_path / "a_file").write_text("")
+        return [*train_args, f"run.dir={tmp_path / 'a_file'}"], "not a directory"
+    if name == "run.seed=-1":
+        return [*train_args, run, "run.seed=-1"], "run.seed"
+    if name == "missing val split":
+        return [*train_args, run, "data.val_split=nope"], "no split 'nope'"
+    if name == "garbage val split":
+        garbage = garbage_shards(shards, tmp_path / "garbage", ("val",))
+        return ["train", "--config", str(TINY), f"data.shards={garbage}", run], "no image of split"
+    if name == "garbage train shards, 2 workers":
+        garbage = garbage_shards(shards, tmp_path / "garbage", ("train",))
+        args = ["train", "--config", str(TINY), f"data.shards={garbage}", run, "data.workers=2"]
+        return args, "corrupt samples or shards in a row"
+    if name == "manifest not JSON":
+        broken = copy_shards(shards, tmp_path / "broken")
+        (broken / "manifest.json").write_text("{")
+        return ["train", "--config", str(TINY), f"data.shards={broken}", run], "not a ganpaint"
+    if name == "every checkpoint damaged":
+        run_dir, _ = copy_run(finished_run, tmp_path / "damaged")
+        for state_file in (run_dir / "checkpoints").glob("step-*/state.json"):
+            state_file.unlink()
+        return [*train_args, f"run.dir={run_dir}", *checkpoint_overrides()], "no usable checkpoint"
+    if name == "export dir is a file":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "export").write_text("")
+        return [*train_args, run, "schedule.total_steps=4"], "export"
+    raise AssertionError(name)
+
+
+def checkpoint_overrides() -> list[str]:
+    return [f"{key}={value}" for key, value in SHORT_RUN.items()]
+
+
+ERROR_CASES = [
+    "pipe manifest (train)",
+    "pipe manifest (eval)",
+    "YAML list",
+    "run.dir is a file",
+    "run.seed=-1",
+    "missing val split",
+    "garbage val split",
+    "garbage train shards, 2 workers",
+    "manifest not JSON",
+    "every checkpoint damaged",
+    "export dir is a file",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_every_error_case_ends_in_one_line_through_the_command_line(
+    name, synthetic_shards, tmp_path, finished_run
+):
+    arguments, expected = error_case(name, synthetic_shards, tmp_path, finished_run)
+    status, _, err = ganpaint(*arguments, timeout=180)
+    assert status == 2, err[-3000:]
+    assert_one_line_error(err, expected)
+    assert not (tmp_path / "MARKER").exists()
 
 
 # --- slow: signals, other ranks, kill -9 ---------------------------------------------------------
