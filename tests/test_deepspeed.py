@@ -6,6 +6,7 @@ command) or torchrun with run.deepspeed_config, 2 CPU processes over gloo, on re
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -301,21 +302,25 @@ def test_zero2_launch_trains_glcic_checkpoints_resumes_and_exports(
                 assert exported[key].dtype == torch.float32
                 assert torch.equal(exported[key].to(value.dtype), value), key
 
-    # A tampered checkpoint, even with its integrity record rewritten to match, is refused by the
-    # weights_only loader on both ranks: set aside (never deleted), its payload never runs, and
-    # the same command resumes from the checkpoint before it (step 4).
+    # A tampered checkpoint is refused on resume, and its payload never runs: with its integrity
+    # record rewritten to match, only the weights_only loader stands in the way.
     model_file = saved / "generator" / "mp_rank_00_model_states.pt"
+    shutil.copy(model_file, tmp_path / "original.pt")
     marker = tmp_path / "code_ran"
     tampered = deepspeed.SafeCheckpointEngine(None).load(str(model_file))
     torch.save({**tampered, "payload": Payload(str(marker))}, model_file)
     integrity.write_record(saved)
+    refused = run_glcic("deepspeed_zero2.yaml", train_script, synthetic_shards, run_dir, 8)
+    assert refused.returncode != 0 and "refused" in refused.stderr and not marker.exists()
+    shutil.copy(tmp_path / "original.pt", model_file)
+    integrity.write_record(saved)
+
+    # The same command with a later end resumes from step 6 on both ranks.
     second = run_glcic("deepspeed_zero2.yaml", train_script, synthetic_shards, run_dir, 8)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "passed over step-00000006" in second.stdout and "refused" in second.stdout
-    assert not marker.exists() and (saved.parent / "step-00000006.damaged-1").is_dir()
-    assert f"resumed {run_dir} at step 4" in second.stdout
+    assert f"resumed {run_dir} at step 6" in second.stdout
     resumed = identical_ranks(run_dir)[len(rows) :]
-    assert [row["step"] for row in resumed] == [6, 8, 8]
+    assert [row["step"] for row in resumed] == [8, 8]
     # ... and ends where an uninterrupted run ends (fp32 masters and optimiser state restored).
     straight = run_glcic(
         "deepspeed_zero2.yaml", train_script, synthetic_shards, tmp_path / "straight", 8

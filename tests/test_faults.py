@@ -252,6 +252,20 @@ def test_no_usable_checkpoint_is_refused_in_one_line_and_stays_refused(finished_
     assert checkpoint.saved_steps(run_dir) == []
 
 
+def test_intact_files_that_do_not_load_are_refused_not_set_aside(finished_run, tmp_path):
+    """A record that matches files that do not load (another ganpaint, or an edit whose author
+    rewrote the record): every older checkpoint would fail alike, so nothing is passed over."""
+    run_dir, config = copy_run(finished_run, tmp_path / "run")
+    newest = run_dir / "checkpoints" / "step-00000004"
+    wrong_shape(newest / "generator.safetensors")
+    integrity.write_record(newest)
+    state = build_state(config, make_backend(config.run))
+    with pytest.raises(UserError, match="match their integrity record but do not load") as caught:
+        checkpoint.resume(state, config, run_dir)
+    assert "\n" not in str(caught.value) and "size mismatch" in str(caught.value)
+    assert newest.is_dir() and not list(newest.parent.glob("*.damaged-*"))
+
+
 def test_a_checkpoint_without_a_record_still_resumes(finished_run, tmp_path, capsys):
     run_dir, config = copy_run(finished_run, tmp_path / "run")
     for record in (run_dir / "checkpoints").glob("*/complete.json"):

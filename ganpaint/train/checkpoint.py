@@ -13,10 +13,13 @@ Saving writes step-N.tmp and renames it to step-N (an existing step-N is moved a
 deleted after), so a crash mid-save never touches a complete checkpoint; leftovers are removed by
 the next save. Resuming (every rank; rank 0 decides, the others load what it chose):
 - the newest checkpoint whose record matches is loaded. One without a record, written by ganpaint
-  before records existed, is accepted if it loads.
-- a checkpoint whose record is missing or does not match, or that fails to load on any rank, is
-  damaged: it is renamed step-N.damaged-K (kept for inspection, never deleted), the next older one
-  is tried, and one line says which was taken and why newer ones were passed over.
+  before records existed, is accepted if it loads (on every rank).
+- a checkpoint whose record is missing or does not match, or one without a record that fails to
+  load, is damaged: it is renamed step-N.damaged-K (kept for inspection, never deleted), the next
+  older one is tried, and one line says which was taken and why newer ones were passed over.
+- one whose files match their record but do not load (another ganpaint version, other settings, a
+  hostile file with a rewritten record) is refused in one line: it is intact, so older ones would
+  not load either.
 - if checkpoints (or damaged ones set aside earlier) exist but none is usable, the run is refused
   in one line: it never restarts from step 0 by itself.
 
@@ -272,6 +275,12 @@ def resume(state: TrainState, config: TrainConfig, run_dir: str | Path) -> tuple
                     + "; ".join(passed_over)
                 )
             return step, notes
+        if integrity.has_record(path):  # intact files that do not load: not damage, a mismatch
+            raise UserError(
+                f"{path}: its files match their integrity record but do not load into this run "
+                f"({reason or 'on another process'}): resume with the ganpaint version and "
+                "settings that wrote it, or use a new run.dir"
+            )
         if accelerator.is_main_process:
             passed_over.append(_set_aside(path, reason or "failed to load on another process"))
     damaged = sorted(checkpoint_root(run_dir).glob(f"{PREFIX}*{DAMAGED}*"))
