@@ -50,7 +50,9 @@ if __name__ == "__main__":
     status = main()
     # gloo can abort at interpreter shutdown after all work is done (ENVIRONMENT.md): with several
     # processes, leave at once once the process group is torn down and the streams are flushed.
-    if MULTI_PROCESS:
+    # After a failure, leave at once too: a loader worker (which ignores the stop signals) caught
+    # mid-start could otherwise hold the interpreter's exit for ever.
+    if MULTI_PROCESS or status:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ganpaint.errors import UserError, describe_os_error
@@ -129,5 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script: `main()`, and after a failure or an interrupt, leave without waiting
+    for child processes. A data loader worker ignores the stop signals (ganpaint/data/stream.py),
+    so one caught mid-start by the error could otherwise block the interpreter's exit for ever;
+    orphaned, it ends by itself within seconds."""
+    status = main()
+    if status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

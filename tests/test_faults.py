@@ -352,6 +352,34 @@ def test_first_ctrl_c_asks_for_a_stop_and_a_second_stops_at_once():
             time.sleep(1)  # the handler runs here, between bytecodes
 
 
+INTERRUPTED_START = """
+import os, signal, sys, threading
+from ganpaint.config import DataConfig
+from ganpaint.data.stream import train_loader
+data = DataConfig(shards=sys.argv[1], image_px=32, resize_min_px=32, resize_max_px=40, workers=1)
+stream = train_loader(data, 4, 0, 1, 0, 0)
+threading.Timer(float(sys.argv[2]), os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    for _ in range(1000):
+        next(stream)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def interrupt_while_the_loader_starts(synthetic_shards: Path, delay_s: float) -> None:
+    """Ctrl-C while the loader's worker is being started: the process must still exit (a worker
+    started but not yet owned used to hold the interpreter's exit for ever)."""
+    status, _, err = run_command(
+        [sys.executable, "-c", INTERRUPTED_START, str(synthetic_shards), str(delay_s)], 60
+    )
+    assert status == 130, err[-2000:]
+
+
+def test_ctrl_c_while_the_loader_starts_does_not_hang(synthetic_shards):
+    interrupt_while_the_loader_starts(synthetic_shards, 0.005)
+
+
 # --- 6. one line instead of a traceback ----------------------------------------------------------
 
 

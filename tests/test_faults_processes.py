@@ -26,6 +26,7 @@ from test_faults import (
     copy_shards,
     ganpaint,
     garbage_shards,
+    interrupt_while_the_loader_starts,
     run_command,
     set_shard_name,
     stats,
@@ -169,7 +170,8 @@ def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
         return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"hang: still running {timeout} s after the signal")
+        _, err = process.communicate()
+        pytest.fail(f"hang: still running {timeout} s after the signal\n{err[-2000:]}")
 
 
 def test_ctrl_c_checkpoints_at_the_next_tick_and_a_second_press_stops_at_once(
@@ -200,6 +202,11 @@ def test_ctrl_c_checkpoints_at_the_next_tick_and_a_second_press_stops_at_once(
         integrity.verify(path)  # atomic saves: whatever was interrupted left no half checkpoint
     status, out, err = ganpaint(*tiny_train_command(synthetic_shards, run_dir)[3:])
     assert status == 0 and "resumed" in out, err[-3000:]
+
+
+def test_ctrl_c_at_any_moment_of_the_loader_start_does_not_hang(synthetic_shards):
+    for delay_s in random.Random(5).sample([step / 1000 for step in range(40)], 10):
+        interrupt_while_the_loader_starts(synthetic_shards, delay_s)
 
 
 def accelerate_launch(script: Path, *arguments: str, **env: str) -> subprocess.Popen:

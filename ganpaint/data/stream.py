@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import itertools
 import signal
+import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from ganpaint.errors import UserError
 
 __all__ = ["read_manifest", "train_loader", "iterate_split", "val_batch", "epoch_shards"]
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # the training loop's to handle
 SHARD_ORDER, SAMPLE_ORDER = 0, 1  # first seed word: the two kinds of generator never share a stream
 
 
@@ -157,22 +160,46 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     the whole process group, and a worker dying mid-step would abort the training step the main
     process is finishing before its checkpoint. Workers still exit when the main process closes
     the loader or dies (DataLoader watchdog)."""
-    for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+    for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+
+
+@contextmanager
+def _stop_signals_deferred() -> Iterator[None]:
+    """Hold the stop signals while the loader starts its workers, then deliver them. An interrupt
+    half-way through the start would leave running workers that nobody owns, and as they ignore
+    SIGTERM, the interpreter's exit would wait for them for ever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals
+        return
+    received = []
+    previous = {
+        number: signal.signal(number, lambda number, frame: received.append(number))
+        for number in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in received:
+            signal.raise_signal(number)  # now, to the handlers in place
 
 
 def _one_line_failures(loader: torch.utils.data.DataLoader) -> Iterator:
     """The loader's items; a reader's failure raised here as one line. Closing this generator (or
     leaving it by an exception) stops the loader's workers at once."""
-    iterator = iter(loader)
+    iterator = None
     try:
+        with _stop_signals_deferred():
+            iterator = iter(loader)
         for item in iterator:
             if isinstance(item, ReaderFailure):
                 raise UserError(item.message)
             yield item
     finally:
-        # Not left to the garbage collector: a traceback can keep the iterator alive, and workers
-        # that ignore SIGTERM would then block the interpreter's exit for ever.
+        # Not left to the garbage collector, for the same reason: a traceback can keep the
+        # iterator (and so its workers) alive until after the interpreter's exit has begun.
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
