@@ -34,9 +34,9 @@ from ganpaint.train.setup import build_state, make_backend
 
 ROOT = Path(__file__).parent.parent
 TINY = ROOT / "tests" / "scripts" / "tiny.yaml"
-SHORT_RUN = {
-    "schedule.completion_steps": 2,
-    "schedule.discriminator_steps": 1,
+SHORT_RUN = {  # checkpoints at 2, 3 (the end of phase 1) and 4; phase 2 (D alone) skipped
+    "schedule.completion_steps": 3,
+    "schedule.discriminator_steps": 0,
     "schedule.total_steps": 4,
     "checkpoint.every_steps": 2,
     "checkpoint.keep": 10,
@@ -148,7 +148,7 @@ def test_a_pipe_manifest_never_runs_in_eval_or_train(synthetic_shards, make_conf
 
 
 def train_short_run(run_dir: Path, synthetic_shards: Path) -> tuple[Path, dict]:
-    """A 4-step GLCIC run with checkpoints at steps 2, 3 (phase end) and 4; its overrides."""
+    """A 4-step GLCIC run with checkpoints at steps 2, 3 and 4; its overrides."""
     from conftest import TINY_DEFAULTS
 
     overrides = {
@@ -331,7 +331,13 @@ def test_a_garbage_validation_split_is_refused_before_any_work(
 def test_no_validation_images_means_no_validation(synthetic_shards, make_config):
     config = make_config(
         synthetic_shards,
-        **{**SHORT_RUN, "data.val_images": 0, "log.image_every_steps": 1},
+        **{
+            **SHORT_RUN,
+            "schedule.completion_steps": 2,
+            "schedule.total_steps": 2,
+            "data.val_images": 0,
+            "log.image_every_steps": 1,
+        },
     )
     run_dir = train(config)
     assert list((run_dir / "samples").iterdir()) == []
@@ -440,7 +446,12 @@ def test_corrupt_samples_are_a_running_total_across_resumes(
     shards = corrupt_some_samples(synthetic_shards, tmp_path / "shards", 3)
 
     def run(name: str, total: int) -> Path:
-        overrides = {**SHORT_RUN, "schedule.total_steps": total, "run.dir": str(tmp_path / name)}
+        overrides = {
+            **SHORT_RUN,
+            "schedule.completion_steps": total,  # one cheap phase: G alone
+            "schedule.total_steps": total,
+            "run.dir": str(tmp_path / name),
+        }
         with pytest.warns(UserWarning, match="undecodable sample"):
             return train(make_config(shards, **overrides))
 
