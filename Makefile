@@ -9,9 +9,10 @@ CELEBA_DIR ?=
 COCO_DIR   ?=
 SHARD_SIZE ?= 256
 WORKERS    ?= 2
+SERVE_RUN  ?= runs/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint format demo shards bench clean
+.PHONY: help setup test test-all test-slurm lint format demo shards bench serve screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +29,12 @@ setup: $(VENV)/.installed  ## build .venv and install ganpaint with its dev extr
 test: setup  ## the default test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q
 
-test-all: setup  ## every test, slow ones included (GPU tests skip without a GPU)
-	$(PY) -m pytest -q -m "slow or not slow"
+test-all: setup  ## every test but the Slurm ones, slow included (GPU tests skip without a GPU)
+	$(PY) -m pytest -q -m "not slurm"
+
+test-slurm: setup  ## real Slurm jobs on a local cluster (root: installs slurm-wlm + munge; ~8 min)
+	$(PY) tests/slurm_cluster.py install
+	$(PY) -m pytest -q -m slurm -rP
 
 lint: setup  ## ruff lint + format check
 	$(VENV)/bin/ruff check ganpaint tests train.py
@@ -51,6 +56,13 @@ shards: setup  ## pack CELEBA_DIR and/or COCO_DIR into shards/celeba, shards/coc
 
 bench: setup  ## step throughput of the demo config on this machine
 	$(VENV)/bin/ganpaint bench --config configs/demo.yaml --steps 10
+
+serve: setup  ## the try-a-model page on http://127.0.0.1:7860 (SERVE_RUN=runs/demo; ganpaint[serve])
+	$(VENV)/bin/ganpaint serve --run $(SERVE_RUN)
+
+screenshot: setup  ## docs/serve.jpg: the page after one fill in headless chromium (trains the demo if absent)
+	test -f $(SERVE_RUN)/export/generator.safetensors || $(MAKE) demo
+	$(PY) tests/scripts/serve_page.py --run $(SERVE_RUN) --output docs/serve.jpg
 
 clean:  ## remove runs/ and packed shards (keeps .venv)
 	rm -rf runs shards/*/

@@ -1,14 +1,17 @@
-"""Train a ganpaint model: `accelerate launch train.py --config configs/NAME.yaml [key=value ...]`."""
+"""Train a ganpaint model: `accelerate launch train.py --config NAME_OR_YAML [key=value ...]`.
+
+`--resume RUN_DIR` continues a run with its saved config; `ganpaint train --help` says more.
+"""
 
 import argparse
 import os
 import sys
 import traceback
 
-from ganpaint import config as config_lib
+from ganpaint.cli import add_train_arguments
 from ganpaint.errors import UserError, describe_os_error
 from ganpaint.train.distributed import shutdown
-from ganpaint.train.loop import train
+from ganpaint.train.loop import train_command
 
 MULTI_PROCESS = int(os.environ.get("WORLD_SIZE", 1)) > 1
 WHERE = f"train.py (rank {os.environ.get('RANK', 0)})" if MULTI_PROCESS else "train.py"
@@ -18,13 +21,12 @@ PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pi
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="configs/NAME.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
+    add_train_arguments(parser)
     args = parser.parse_args()
     # Every failure ends in one line and an exit status, on every rank: a rank that raised must
     # leave (its peers' collectives then fail too, and the launcher stops the rest).
     try:
-        train(config_lib.load(args.config, args.overrides))
+        status = train_command(**vars(args))
         shutdown()  # every rank done (only then: a failed rank must not wait in a barrier)
     except UserError as error:
         return _fail(2, str(error))
@@ -38,7 +40,7 @@ def main() -> int:
             return _fail(1, "another process ended, so this one stops (that process says why)")
         traceback.print_exc()  # a bug: its traceback is what a report needs
         return _fail(1, f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}")
-    return 0
+    return status
 
 
 def _fail(status: int, message: str) -> int:

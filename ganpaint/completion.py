@@ -69,15 +69,18 @@ def complete(
     hole_mask: torch.Tensor,
     fill_rgb: torch.Tensor,
     predicts_center: bool,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run an inpainting generator and composite its output into the known pixels.
 
     Returns (prediction, completed), both [N,3,H,W] in [0,1]: `prediction` is the net's raw output
     (for centre-predicting nets, as their family declares, pasted into the filled input),
     `completed` keeps the known pixels of `images` and takes the prediction inside the hole only.
+    `tokens` [N, T]: the captions of caption-conditioned generators (passed after hole_mask).
     """
     filled = fill_holes(images, hole_mask, fill_rgb)
-    output = generator(filled, hole_mask)
+    captions = () if tokens is None else (tokens,)
+    output = generator(filled, hole_mask, *captions)
     prediction = paste_center(filled, output) if predicts_center else output
     completed = images * (1 - hole_mask) + prediction * hole_mask
     return prediction, completed

@@ -10,7 +10,9 @@ cross-field rules (hole <= local area <= image, phase lengths, family constraint
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,21 @@ MASK_KINDS = ("center", "rect", "multi_rect", "brush")
 BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
+# accelerate's tracker names -> the module each needs
+TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+}
 HOLE_FILLS = ("mean", "zero")
+LOCAL_PLACEMENTS = ("centred", "random")
+CROPS = ("random", "centre")
 
 
 class ConfigError(UserError, ValueError):
@@ -39,7 +54,8 @@ class RunConfig:
     mixed_precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; weights stay fp32)
     cpu: bool = False  # force the CPU even where a GPU is present
     channels_last: bool = True
-    compile: bool = False  # torch.compile the per-phase step
+    compile: bool = False  # torch.compile each net (on CUDA; the CPU always trains eagerly)
+    compile_mode: str = "default"  # torch.compile mode; max-autotune compiles for many minutes
     sync_batchnorm: bool = False
     deepspeed_config: str = ""  # path to a DeepSpeed JSON; empty = plain DDP
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
@@ -52,6 +68,9 @@ class DataConfig:
     resize_min_px: int = 64  # shortest side scaled to a random size in [min, max] before cropping
     resize_max_px: int = 64
     hflip: bool = True
+    crop: str = "random"  # random: GLCIC's scale + crop | centre: Resize + CenterCrop (DCGAN)
+    captions: bool = False  # also yield each image's caption token ids (caption-conditioned nets)
+    caption_tokens: int = 32  # caption length in tokens (truncated / padded)
     batch_size: int = 16  # global batch per optimiser step, over all processes
     workers: int = 2  # DataLoader workers per process
     shuffle_buffer: int = 256
@@ -67,6 +86,9 @@ class MaskConfig:
     local_px: int = 32  # side of the local area that holds the hole (GLCIC local D input)
     max_holes: int = 3  # multi_rect: up to this many holes
     brush: str = "medium"  # brush preset: thin | medium | thick
+    # centred: the local area centred on the hole, clamped at the borders (GLCIC paper) | random:
+    # placed uniformly, the hole anywhere inside it
+    local_placement: str = "centred"
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,9 @@ class ModelConfig:
     disc_width: int = 64  # discriminator base channels (papers: 64)
     fc_features: int = 1024  # GLCIC discriminators' fully connected width
     latent_dim: int = 100  # dcgan z
+    # caption families: rows of the word embedding; at least the shards' tokenizer vocabulary
+    # (ganpaint's tokenizers hold at most 10,000 words)
+    vocabulary_size: int = 10_000
     hole_fill: str = "mean"  # mean: dataset mean colour (GLCIC) | zero
 
 
@@ -97,6 +122,9 @@ class ScheduleConfig:
     discriminator_steps: int = 20  # GLCIC Td: discriminators alone, generator frozen
     total_steps: int = 300  # GLCIC T: end of the joint phase (all families)
     critic_steps: int = 1  # wgan_unet: critic updates per generator update
+    # the generator alone on the reconstruction loss for the whole run, no discriminator or critic
+    # updates (the WGAN U-Net write-up's "L2 only" ablation)
+    reconstruction_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,10 @@ class LossConfig:
     clamp: float = (
         0.0  # wgan critic weight clamp; 0 = seed rule (0.03 if critic_steps > 1 else 0.05)
     )
+    # Context Encoders: the reconstruction loss also covers a band overlap_px wide around the hole
+    # (the context the net predicts as well), weighted overlap_weight times; 0 = the hole only
+    overlap_px: int = 0
+    overlap_weight: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +146,9 @@ class LogConfig:
     every_steps: int = 10  # scalars to TensorBoard, stats.jsonl and the console
     image_every_steps: int = 100  # image grid of the fixed validation batch
     progress: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain | none
+    # experiment trackers: tensorboard (RUN/tb, with image grids) and any of accelerate's others
+    # (wandb, mlflow, comet_ml, aim, clearml, dvclive), each installed separately
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass(frozen=True)
@@ -143,6 +178,7 @@ MODEL_SHAPING_KEYS = (
     "model.disc_width",
     "model.fc_features",
     "model.latent_dim",
+    "model.vocabulary_size",
     "data.image_px",
     "masks.local_px",
 )
@@ -153,19 +189,42 @@ def _one_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
+def presets() -> dict[str, Path]:
+    """The shipped presets by name (configs/NAME.yaml, packaged as ganpaint.configs)."""
+    folder = resources.files("ganpaint.configs")
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A config file path as given, else the shipped preset of that name: `demo`, `demo.yaml` or
+    the README's `configs/demo.yaml` (when run outside a checkout)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = presets()
+    by_name = path.parent in (Path("."), Path("configs")) and path.suffix in ("", ".yaml")
+    if by_name and path.stem in known:
+        return known[path.stem]
+    raise ConfigError(
+        f"config file not found: {name_or_path} (presets: {', '.join(sorted(known))})"
+    )
+
+
 def load(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
-    """Defaults <- YAML file <- `dotted.key=value` overrides; validated; frozen.
+    """Defaults <- YAML file (a path or a preset name) <- `dotted.key=value` overrides; validated.
 
     Raises ConfigError (one line) for a missing file, an unknown key, a wrong type or a failed rule.
     """
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve(path)
         try:
             layer = OmegaConf.load(path)
         except Exception as error:  # yaml errors carry line numbers: keep them, on one line
@@ -209,10 +268,19 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("masks.kind", masks.kind, MASK_KINDS)
     _choice("masks.brush", masks.brush, BRUSH_PRESETS)
     _choice("model.hole_fill", model.hole_fill, HOLE_FILLS)
+    _choice("masks.local_placement", masks.local_placement, LOCAL_PLACEMENTS)
+    _choice("data.crop", data.crop, CROPS)
     _choice("optim.generator", optim.generator, OPTIMIZERS)
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
+    _choice("run.compile_mode", run.compile_mode, COMPILE_MODES)
     _choice("log.progress", config.log.progress, PROGRESS_MODES)
+    for tracker in config.log.trackers:
+        _choice("log.trackers", tracker, tuple(TRACKER_MODULES))
+        if importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
+            raise ConfigError(
+                f"config key 'log.trackers': {tracker} is not installed: pip install {tracker}"
+            )
     for key in (
         "data.image_px",
         "data.batch_size",
@@ -220,6 +288,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "model.disc_width",
         "model.fc_features",
         "model.latent_dim",
+        "model.vocabulary_size",
         "optim.grad_accum_steps",
         "schedule.total_steps",
         "schedule.critic_steps",
@@ -229,6 +298,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "checkpoint.keep",
         "run.max_bad_steps",
         "masks.max_holes",
+        "data.caption_tokens",
     ):
         _positive(key, _get(config, key))
     for key in (
@@ -239,6 +309,8 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "loss.adversarial_weight",
         "loss.reconstruction_weight",
         "loss.clamp",
+        "loss.overlap_px",
+        "loss.overlap_weight",
         "optim.weight_decay",
     ):
         _positive(key, _get(config, key), allow_zero=True)
@@ -257,6 +329,11 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
             "config key 'data.resize_min_px': need image_px <= resize_min_px <= resize_max_px, got "
             f"{data.image_px} <= {data.resize_min_px} <= {data.resize_max_px}"
         )
+    if data.crop == "centre" and data.resize_min_px != data.resize_max_px:
+        raise ConfigError(
+            "config key 'data.resize_max_px': the centre crop scales the shortest side to one size "
+            f"(resize_min_px = resize_max_px), got {data.resize_min_px} and {data.resize_max_px}"
+        )
     _family_rules(config)
     if data.batch_size % (world_size * optim.grad_accum_steps):
         raise ConfigError(
@@ -274,6 +351,13 @@ def _family_rules(config: TrainConfig) -> None:
         family = registry.get(config.model.family)
     except UserError as error:
         raise ConfigError(f"config key 'model.family': {error}") from None
+    if config.data.captions != family.captions:
+        need = "is conditioned on captions: set" if family.captions else "takes no captions: unset"
+        raise ConfigError(f"config key 'data.captions': {family.name} {need} data.captions")
+    if config.schedule.reconstruction_only and not family.inpaints:
+        raise ConfigError(
+            f"config key 'schedule.reconstruction_only': {family.name} has no reconstruction loss"
+        )
     if family.inpaints:
         if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
             raise ConfigError(
@@ -343,3 +427,35 @@ def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
         for key in MODEL_SHAPING_KEYS
         if _get(saved, key) != _get(current, key)
     ]
+
+
+def _leaves(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every key whose value differs: {dotted key: (saved, current)}."""
+    before, after = _leaves(to_dict(saved)), _leaves(to_dict(current))
+    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+
+
+def fixed_for_a_run(key: str) -> bool:
+    """Keys a run keeps from start to end: the model and the data it learns from. Everything
+    else (learning rates, schedule length, logging, checkpointing) may change on resume."""
+    return key.startswith("model.") or key in MODEL_SHAPING_KEYS or key == "data.shards"
+
+
+def config_command(list_presets: bool, show: str | None, overrides: list[str]) -> int:
+    """`ganpaint config`: the preset names, or one config resolved with every key."""
+    if show is None or list_presets:
+        for name, path in sorted(presets().items()):
+            print(f"{name:<24} {path}")
+        return 0
+    print(to_yaml(load(show, overrides)), end="")
+    return 0

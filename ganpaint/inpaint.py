@@ -1,19 +1,24 @@
 """`ganpaint inpaint`: fill the holes of users' images of any size, with optional Poisson blending.
 
-glcic nets are fully convolutional: the image is reflect-padded to a multiple of 4 and cropped back.
-context_encoder / wgan_unet nets take a fixed image_px input and predict its centre square: the
-whole image is resized to image_px, and the prediction for the centre square (the middle half of
-the image in each direction) is resized back and pasted into the hole. Their hole must therefore
-lie inside that middle half; any other hole is refused with one line.
+The net runs on a window around each group of holes (`ganpaint.windows`), at the scale it was
+trained at: a 2560 x 1600 photo with a brushed hole costs a few hundred pixels of net, and a hole
+thicker than the trained ones is shrunk to their scale and the prediction resized back. glcic nets
+are fully convolutional: the window is reflect-padded to a multiple of 4 and cropped back.
+context_encoder / wgan_unet nets see a square twice the hole's side, centred on it and resized to
+their image_px, and predict its centre square. Caption models (`--caption "a red bus on a
+street"`) fill the hole to match the text, encoded by the tokenizer saved with their export.
 
 Post-processing follows GLCIC (Iizuka et al. 2017): fast marching (Telea) fills the hole of the
 original, then the gradients of the net's output are Poisson-blended (cv2.seamlessClone,
-NORMAL_CLONE) into it over the slightly dilated hole. Whatever the path, pixels outside the hole are returned
-bit-identical, the alpha channel is kept and greyscale images come back greyscale.
+NORMAL_CLONE) into it over the slightly dilated hole, window by window. Whatever the path, pixels
+outside the hole are returned bit-identical, the alpha channel is kept and greyscale images come
+back greyscale. Images above --max-megapixels are refused from their header, before decoding.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -21,32 +26,22 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from ganpaint.blend import poisson_blend
+from ganpaint.callable_module import make_callable
 from ganpaint.errors import UserError
-from ganpaint.eval.baselines import telea_inpaint_uint8
 from ganpaint.eval.runs import open_model, resolve_device
 from ganpaint.export import Exported
+from ganpaint.images import DEFAULT_MAX_MEGAPIXELS, read_image, write_image
+from ganpaint.windows import NET_MULTIPLE, Window, net_geometry, plan_windows
+
+make_callable(__name__, "inpaint")  # ganpaint.inpaint(model, image, hole): see ganpaint/api.py
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
-NET_MULTIPLE = 4  # the glcic completion net halves the resolution twice
-# The Poisson region reaches this far past the hole: OpenCV erodes the clone mask by ~3 px, and
-# the rest keeps the solve's boundary on known pixels.
-BLEND_MARGIN_PX = 5
 
-
-def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """Decode an 8-bit image file as OpenCV does (BGR / BGRA / grey). UserError naming the file."""
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
-    try:
-        pixels = cv2.imdecode(np.fromfile(path, np.uint8), flags)
-    except cv2.error:
-        pixels = None
-    if pixels is None:
-        raise UserError(f"{path}: not a readable image")
-    if pixels.dtype != np.uint8:
-        raise UserError(f"{path}: {pixels.dtype} pixels; only 8-bit images are supported")
-    return pixels
+# fill(rgb [H, W, 3] uint8, hole [H, W] bool, window) -> uint8 [h, w, 3] over the window's part of
+# the photo; only its hole pixels are used.
+WindowFill = Callable[[np.ndarray, np.ndarray, Window], np.ndarray]
 
 
 def parse_rect(rect: str, height: int, width: int, image: Path) -> np.ndarray:
@@ -62,12 +57,11 @@ def parse_rect(rect: str, height: int, width: int, image: Path) -> np.ndarray:
     return hole
 
 
-def read_hole(mask: Path, height: int, width: int) -> np.ndarray:
-    """Mask file -> bool hole [height, width]: pixels brighter than 127 are the hole."""
-    grey = read_image(mask, cv2.IMREAD_GRAYSCALE)
+def hole_from_mask(grey: np.ndarray, height: int, width: int, source: str) -> np.ndarray:
+    """Grey mask pixels -> bool hole [height, width]: pixels brighter than 127 are the hole."""
     if grey.shape != (height, width):
         raise UserError(
-            f"{mask}: mask is {grey.shape[1]}x{grey.shape[0]} px, image is {width}x{height}"
+            f"{source}: mask is {grey.shape[1]}x{grey.shape[0]} px, image is {width}x{height}"
         )
     return grey > 127
 
@@ -79,150 +73,125 @@ def check_hole(hole: np.ndarray, source: str) -> None:
         raise UserError(f"{source}: the whole image is hole; nothing to complete from")
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     """[1, 3, H, W] in [0, 1] -> uint8 [H, W, 3]."""
     return (images[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _to_tensor(rgb: np.ndarray, exported: Exported) -> torch.Tensor:
-    """uint8 [H, W, 3] -> [1, 3, H, W] in [0, 1] on the generator's device."""
+def _to_tensor(pixels: np.ndarray, exported: Exported) -> torch.Tensor:
+    """uint8 [H, W, C] -> [1, C, H, W] in [0, 1] on the generator's device."""
     device = next(exported.generator.parameters()).device
-    return torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(pixels).to(device).permute(2, 0, 1)[None].float() / 255
 
 
-def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Fully convolutional net on the whole image, padded to a multiple of NET_MULTIPLE."""
-    image = _to_tensor(rgb, exported)
-    hole_mask = torch.from_numpy(hole)[None, None].to(image.device).float()
-    height, width = hole.shape
+def caption_tokens(exported: Exported, caption: str | None) -> torch.Tensor | None:
+    """Token ids [1, T] of a caption for a caption model (which needs one); None otherwise.
+    UserError (one line) for a caption missing or given to a model that takes none."""
+    name = exported.family.name
+    if not exported.family.captions:
+        if caption is not None:
+            raise UserError(f"--caption: a {name} model is not conditioned on captions")
+        return None
+    if caption is None:
+        raise UserError(f'{name} is conditioned on captions: pass --caption "what the image shows"')
+    return exported.encode_captions([caption])
+
+
+def run_net(
+    exported: Exported, image: torch.Tensor, hole_mask: torch.Tensor, caption: str | None
+) -> torch.Tensor:
+    """The one call into a generator at inference: [1, 3, H, W] prediction, not composited.
+
+    Caption-conditioned families receive the caption's tokens."""
+    return exported.complete(image, hole_mask, caption_tokens(exported, caption))[0]
+
+
+def _predict_convolutional(
+    exported: Exported, image: torch.Tensor, hole_mask: torch.Tensor, caption: str | None
+) -> torch.Tensor:
+    """Fully convolutional net, its input reflect-padded to a multiple of NET_MULTIPLE."""
+    height, width = image.shape[-2:]
     pad = (0, -width % NET_MULTIPLE, 0, -height % NET_MULTIPLE)
     # Mirror the mask with the image, so mirrored hole content is never shown to the net.
     mode = "reflect" if min(height, width) > NET_MULTIPLE else "replicate"
     padded_image = functional.pad(image, pad, mode=mode)
     padded_hole = functional.pad(hole_mask, pad, mode=mode)
-    prediction = exported.complete(padded_image, padded_hole)[0]
-    return _to_uint8(prediction[..., :height, :width])
-
-
-def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the middle half of an image: what a centre net predicts."""
-    return round(height / 4), round(3 * height / 4), round(width / 4), round(3 * width / 4)
+    return run_net(exported, padded_image, padded_hole, caption)[..., :height, :width]
 
 
 def _predict_centre(
-    exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: str
+    exported: Exported, image: torch.Tensor, hole_mask: torch.Tensor, caption: str | None
+) -> torch.Tensor:
+    """Centre-square net: the hole it was trained on is the centre square (less the overlap band
+    a Context Encoder sees as context); any mirrored copy of the user's hole outside it is filled
+    too, so content under the hole never shows."""
+    side, centre = image.shape[-1], exported.config.masks.hole_max_px
+    offset = (side - centre) // 2
+    centre_hole = hole_mask.clone()
+    centre_hole[..., offset : offset + centre, offset : offset + centre] = 1
+    return run_net(exported, image, centre_hole, caption)
+
+
+def predict_window(
+    exported: Exported, rgb: np.ndarray, hole: np.ndarray, window: Window, caption: str | None
 ) -> np.ndarray:
-    """Centre-square net at its fixed size; its prediction is resized back over the centre box."""
+    """The net's raw prediction over the window's part of uint8 RGB [H, W, 3] with bool hole [H, W].
+
+    uint8 [h, w, 3] for the window's part inside the photo, not yet composited: known pixels hold
+    the net's reconstruction (for centre nets, inside the centre square only), which the Poisson
+    blend reads gradients from. The window is mirrored where it leaves the photo, resized to the
+    net's scale and the prediction resized back.
+    """
     height, width = hole.shape
-    top, bottom, left, right = centre_box(height, width)
-    rows, columns = np.nonzero(hole)
-    if rows.min() < top or rows.max() >= bottom or columns.min() < left or columns.max() >= right:
-        raise UserError(
-            f"{source}: {exported.family.name} fills only the centre square (x {left}..{right - 1}, "
-            f"y {top}..{bottom - 1}); this hole reaches outside it"
+    rows, columns = window.inside(height, width)
+    pads = (
+        rows.start - window.top,
+        window.bottom - rows.stop,
+        columns.start - window.left,
+        window.right - columns.stop,
+    )
+    crop = cv2.copyMakeBorder(rgb[rows, columns], *pads, cv2.BORDER_REFLECT_101)
+    crop_hole = cv2.copyMakeBorder(
+        hole[rows, columns].astype(np.uint8), *pads, cv2.BORDER_REFLECT_101
+    )
+    crop_size = (crop.shape[1], crop.shape[0])
+    net_size = (
+        max(1, round(crop_size[0] * window.scale)),
+        max(1, round(crop_size[1] * window.scale)),
+    )
+    if net_size != crop_size:
+        shrink = window.scale < 1
+        crop = cv2.resize(
+            crop, net_size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
         )
-    image_px, side = exported.config.data.image_px, exported.config.masks.local_px
-    shrink = image_px < min(height, width)
-    resized = cv2.resize(
-        rgb, (image_px, image_px), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    )
-    image = _to_tensor(resized, exported)
-    offset = (image_px - side) // 2
-    hole_mask = torch.zeros_like(image[:, :1])
-    hole_mask[..., offset : offset + side, offset : offset + side] = 1
-    prediction = exported.complete(image, hole_mask)[0]
-    patch = _to_uint8(prediction[..., offset : offset + side, offset : offset + side])
-    predicted = rgb.copy()
-    predicted[top:bottom, left:right] = cv2.resize(
-        patch, (right - left, bottom - top), interpolation=cv2.INTER_CUBIC
-    )
-    return predicted
+        # any hole in a net pixel makes it hole: nothing under the user's hole leaks into the input
+        crop_hole = (
+            cv2.resize(crop_hole.astype(np.float32), net_size, interpolation=cv2.INTER_AREA) > 0
+        )
+    image = _to_tensor(crop, exported)
+    hole_mask = _to_tensor(crop_hole[..., None].astype(np.uint8) * 255, exported)
+    predict = _predict_centre if exported.family.predicts_center else _predict_convolutional
+    prediction = tensor_to_uint8(predict(exported, image, hole_mask, caption))
+    if net_size != crop_size:
+        prediction = cv2.resize(prediction, crop_size, interpolation=cv2.INTER_CUBIC)
+    return prediction[
+        pads[0] : pads[0] + rows.stop - rows.start, pads[2] : pads[2] + columns.stop - columns.start
+    ]
 
 
-def predict_rgb(exported: Exported, rgb: np.ndarray, hole: np.ndarray, source: str) -> np.ndarray:
-    """The net's raw prediction for one uint8 RGB [H, W, 3] image with bool hole [H, W].
-
-    uint8 [H, W, 3], not yet composited: known pixels hold the net's own reconstruction (for
-    centre nets, inside the centre box only), which the Poisson blend reads gradients from.
-    """
-    if exported.family.predicts_center:
-        return _predict_centre(exported, rgb, hole, source)
-    return _predict_full(exported, rgb, hole)
-
-
-def _mirror_pads(region: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) padding that mirrors a border-touching region whole, with a
-    clear ring beyond it (capped at the image size: a region spanning the image stays clipped)."""
-    height, width = region.shape
-    x, y, w, h = cv2.boundingRect(region)
-    clear = 2  # OpenCV treats the mask's outer ring as boundary: keep the mirrored region off it
-
-    def pad(touches: bool, extent: int, size: int) -> int:
-        return min(extent + clear, size - 1) if touches else clear
-
-    return (
-        pad(y == 0, y + h, height),
-        pad(y + h == height, height - y, height),
-        pad(x == 0, x + w, width),
-        pad(x + w == width, width - x, width),
-    )
-
-
-def poisson_blend(
-    prediction: np.ndarray, original: np.ndarray, hole: np.ndarray, source: str
+def fill_pixels(
+    pixels: np.ndarray, hole: np.ndarray, windows: list[Window], fill: WindowFill
 ) -> np.ndarray:
-    """GLCIC post-processing of uint8 RGB [H, W, 3] images -> uint8 [H, W, 3].
-
-    The prediction's gradients are cloned (NORMAL_CLONE) into the original over the slightly
-    dilated hole, the surroundings giving the colours: a colour offset between the net and the
-    photo is removed instead of left as a seam. Where the hole meets the image border, all three
-    arrays are mirrored across it, so the solve sees no boundary there (a zero-flux border) rather
-    than OpenCV's clipped region. Telea's fast marching first fills the original's hole, so any
-    boundary the solve still reads (a hole spanning the whole image) has plausible colours. If
-    OpenCV fails, the prediction comes back unblended with a warning. Only the hole of the result
-    is meant to be used.
-    """
-    hole_u8 = hole.astype(np.uint8) * 255
-    background = telea_inpaint_uint8(original, hole_u8)
-    region = cv2.dilate(hole_u8, np.ones((3, 3), np.uint8), iterations=BLEND_MARGIN_PX)
-    top, bottom, left, right = _mirror_pads(region)
-
-    def mirrored(pixels: np.ndarray) -> np.ndarray:
-        return cv2.copyMakeBorder(pixels, top, bottom, left, right, cv2.BORDER_REFLECT_101)
-
-    padded_region = mirrored(region)
-    x, y, w, h = cv2.boundingRect(padded_region)
-    try:
-        blended = cv2.seamlessClone(
-            mirrored(prediction),
-            mirrored(background),
-            padded_region,
-            (x + w // 2, y + h // 2),
-            cv2.NORMAL_CLONE,
-        )
-    except cv2.error as error:
-        print(
-            f"warning: {source}: Poisson blending failed ({str(error).strip().splitlines()[-1]}); not blended"
-        )
-        return prediction
-    height, width = hole.shape
-    return blended[top : top + height, left : left + width]
-
-
-def inpaint_pixels(
-    exported: Exported, pixels: np.ndarray, hole: np.ndarray, blend: str, source: str
-) -> np.ndarray:
-    """Inpaint one decoded image (grey [H, W], BGR or BGRA [H, W, 3|4], uint8), same layout out.
-
-    Only hole pixels change; alpha is never touched.
-    """
+    """Fill the holes of one decoded image (grey [H, W], BGR or BGRA [H, W, 3|4], uint8), window
+    by window, each from the original pixels. Same layout out; only hole pixels change."""
     grey = pixels.ndim == 2
     bgr = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if grey else pixels[..., :3]
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    with torch.no_grad():
-        filled = predict_rgb(exported, rgb, hole, source)
-    if blend == "poisson":
-        filled = poisson_blend(filled, rgb, hole, source)
+    filled = rgb.copy()
+    for window in windows:
+        box = window.inside(*hole.shape)
+        box_hole = hole[box]
+        filled[box][box_hole] = fill(rgb, hole, window)[box_hole]
     filled = cv2.cvtColor(filled, cv2.COLOR_RGB2GRAY if grey else cv2.COLOR_RGB2BGR)
     result = pixels.copy()
     if grey:
@@ -230,6 +199,52 @@ def inpaint_pixels(
     else:
         result[..., :3][hole] = filled[hole]
     return result
+
+
+def model_fill(
+    exported: Exported, blend: str, source: str, caption: str | None = None
+) -> WindowFill:
+    """The net's fill of one window, Poisson-blended into the window's pixels unless blend='none'."""
+
+    def fill(rgb: np.ndarray, hole: np.ndarray, window: Window) -> np.ndarray:
+        with torch.no_grad():
+            prediction = predict_window(exported, rgb, hole, window, caption)
+        if blend == "poisson":
+            box = window.inside(*hole.shape)
+            prediction = poisson_blend(prediction, rgb[box], hole[box], source)
+        return prediction
+
+    return fill
+
+
+def inpaint_pixels(
+    exported: Exported,
+    pixels: np.ndarray,
+    hole: np.ndarray,
+    blend: str,
+    source: str,
+    caption: str | None = None,
+) -> np.ndarray:
+    """Inpaint one decoded image with the net (see fill_pixels), on windows around its holes."""
+    windows = plan_windows(hole, net_geometry(exported), source)
+    return fill_pixels(pixels, hole, windows, model_fill(exported, blend, source, caption))
+
+
+# Below this scale a hole is more than twice the size of the trained ones: the fill is made at a
+# coarse scale and resized back, and looks blurred.
+WARN_BELOW_SCALE = 0.5
+
+
+def _warn_if_beyond_training(exported: Exported, hole: np.ndarray, source: str) -> None:
+    windows = plan_windows(hole, net_geometry(exported), source)
+    smallest = min(window.scale for window in windows)
+    if smallest < WARN_BELOW_SCALE:
+        print(
+            f"warning: {source}: a hole is {1 / smallest:.1f}x the size of those the model was "
+            f"trained on (masks.hole_max_px={exported.config.masks.hole_max_px}): it is filled "
+            "at the trained scale and resized, so expect a blurred fill",
+            file=sys.stderr,
+        )
 
 
 def _match_mask(mask: str | None, image: Path) -> Path | None:
@@ -264,17 +279,6 @@ def plan_jobs(image: str, mask: str | None, output: str) -> list[tuple[Path, Pat
     return [(source, _match_mask(mask, source), target)]
 
 
-def write_image(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        ok, encoded = cv2.imencode(path.suffix or ".png", pixels)
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise UserError(f"{path}: cannot write this image format (use .png)")
-    encoded.tofile(path)
-
-
 def inpaint_command(
     run: str | None,
     weights: str | None,
@@ -284,21 +288,28 @@ def inpaint_command(
     output: str,
     blend: str,
     device: str,
+    caption: str | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
 ) -> int:
-    """Inpaint IMAGE (file or folder) where MASK is white or inside RECT; write OUTPUT."""
+    """Inpaint IMAGE (file or folder) where MASK is white or inside RECT; write OUTPUT. Caption
+    models fill the hole to match CAPTION."""
     jobs = plan_jobs(image, mask, output)
     exported = open_model(run or weights, resolve_device(device), inpainting=True)
+    caption_tokens(exported, caption)  # a missing or unexpected caption fails before any work
     for image_path, mask_path, output_path in jobs:
         if output_path.resolve() == image_path.resolve():
             raise UserError(f"--output {output_path}: would overwrite the input image")
-        pixels = read_image(image_path)
+        pixels = read_image(image_path, max_megapixels=max_megapixels)
         height, width = pixels.shape[:2]
         if mask_path is None:
             hole, hole_source = parse_rect(rect, height, width, image_path), f"--rect {rect}"
         else:
-            hole, hole_source = read_hole(mask_path, height, width), str(mask_path)
+            grey = read_image(mask_path, cv2.IMREAD_GRAYSCALE, max_megapixels)
+            hole, hole_source = hole_from_mask(grey, height, width, str(mask_path)), str(mask_path)
         check_hole(hole, hole_source)
-        write_image(output_path, inpaint_pixels(exported, pixels, hole, blend, str(image_path)))
+        _warn_if_beyond_training(exported, hole, str(image_path))
+        filled = inpaint_pixels(exported, pixels, hole, blend, str(image_path), caption)
+        write_image(output_path, filled)
         lossy = output_path.suffix.lower() in LOSSY_SUFFIXES
         print(
             f"{image_path} -> {output_path}"

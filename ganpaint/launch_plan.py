@@ -10,11 +10,15 @@ The job comes from SLURM's environment (SLURM_JOB_ID, SLURM_JOB_NODELIST, SLURM_
 SLURM_GPUS_ON_NODE; SLURM_NODEID for `node`); setting those by hand gives a dry run anywhere.
 Optional knobs: GPUS_PER_NODE, MAIN_PORT, ACCELERATE_CONFIG (e.g. launch/deepspeed_zero2.yaml).
 
-`node` is what srun starts on each node. It runs `accelerate launch` in a session of its own and
-passes SIGUSR1 / SIGTERM on to the training processes only (the launcher's children): the torchrun
-agent inside accelerate dies of SIGUSR1 and SIGKILLs its workers 30 s after a SIGTERM, and a
-DataLoader worker killed by a stray signal aborts the step. The training loop then finishes its
-step, checkpoints and exits 0, and the batch script requeues the job.
+`node` is what srun starts on each node. SLURM delivers a job step's signals to every process of
+the step (the whole process tree, sessions and process groups notwithstanding), so `node` handles
+SIGUSR1 / SIGTERM itself and starts `accelerate launch` with them blocked: the torchrun agent inside
+it would die of SIGUSR1 and SIGKILL its workers 30 s after a SIGTERM. The training processes
+inherit the block and lift it once their handlers are in place (a signal that came before is
+delivered then); DataLoader workers ignore both. `node` also passes each signal it gets on to the
+training processes (the launcher's children), for clusters that signal the task alone. The loop
+then finishes its step, checkpoints, writes RUN_DIR/stopped_by_signal and exits 0, and the batch
+script requeues the job.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganpaint import config as config_lib
 from ganpaint.errors import UserError
 
 # A fixed port per job, derived from the job id so that two jobs sharing a node do not collide;
@@ -193,6 +196,9 @@ def node_command(
 
 def run_dir(config: str, overrides: Sequence[str]) -> Path:
     """The run directory the training config names; loading it rejects a bad config early."""
+    # Imported here, not at the top: the node supervisor installs its signal handlers first.
+    from ganpaint import config as config_lib
+
     return Path(config_lib.load(config, list(overrides)).run.dir).absolute()
 
 
@@ -232,12 +238,21 @@ class StopRelay:
     """Records SIGUSR1 / SIGTERM from the moment it exists; `run` passes them to the workers.
 
     Create it first thing in a node's supervisor, so that no stop signal falls on a default
-    handler (which would end the supervisor and with it the srun task).
+    handler (which would end the supervisor and with it the srun task), and keep it until the
+    supervisor exits: SLURM may signal again at any moment. As a context manager it restores the
+    previous handlers on leaving.
     """
 
     def __init__(self) -> None:
         self.received: list[int] = []
         self.previous = {number: signal.signal(number, self._record) for number in STOP_SIGNALS}
+
+    def __enter__(self) -> StopRelay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
     def _record(self, number: int, frame) -> None:
         self.received.append(number)
@@ -248,16 +263,21 @@ class StopRelay:
         Returns the command's exit status (128 + N when signal N killed it). A signal that
         arrives before the launcher has started its training processes waits until they exist.
         """
+        # The launcher inherits the stop signals blocked, and its training processes from it:
+        # SLURM signals every process of a job step, and the torchrun agent inside
+        # `accelerate launch` dies of SIGUSR1 (and kills its workers 30 s after a SIGTERM).
+        # The training loop unblocks them once its handlers are in place (StopSignals); a
+        # signal that arrives before then waits, blocked, instead of being lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             launcher = subprocess.Popen(list(command), start_new_session=True)
-            passed_on = 0
-            while launcher.poll() is None:
-                if len(self.received) > passed_on and _pass_on(launcher.pid, self.received[-1]):
-                    passed_on = len(self.received)
-                time.sleep(poll_s)
         finally:
-            for number, handler in self.previous.items():
-                signal.signal(number, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        passed_on = 0
+        while launcher.poll() is None:
+            if len(self.received) > passed_on and _pass_on(launcher.pid, self.received[-1]):
+                passed_on = len(self.received)
+            time.sleep(poll_s)
         status = launcher.returncode
         return 128 - status if status < 0 else status
 
@@ -280,7 +300,7 @@ def _pass_on(launcher_pid: int, number: int) -> bool:
 
 
 def _node(config: str, overrides: list[str]) -> int:
-    relay = StopRelay()
+    relay = StopRelay()  # first, and kept until this process exits
     env = os.environ
     job = job_from_env(env)
     rank = env.get("SLURM_NODEID", "")

@@ -39,6 +39,29 @@ def masked_mse(
     return (error * hole_mask).sum() / hole_values.clamp_min(1.0)
 
 
+def overlap_mse(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    hole_mask: torch.Tensor,
+    overlap_px: int,
+    overlap_weight: float,
+) -> torch.Tensor:
+    """Context Encoders' reconstruction loss with overlap (Pathak et al. 2016, Sec. 4.1 and their
+    released code): the region predicted is the hole grown by overlap_px, the band of known context
+    it overlaps weighted overlap_weight times (10 in the paper) over the hole's 1.
+
+    Returns sum over the region of weight * (prediction - target)^2 / (region pixels * C), the
+    paper's weighted mean over the predicted patch; overlap_px = 0 is `masked_mse`.
+    """
+    if overlap_px == 0:
+        return masked_mse(prediction, target, hole_mask)
+    hole = hole_mask.float()
+    region = F.max_pool2d(hole, 2 * overlap_px + 1, stride=1, padding=overlap_px)  # grown hole
+    weight = hole + overlap_weight * (region - hole)
+    error = (prediction.float() - target.float()).pow(2)
+    return (error * weight).sum() / (region.sum() * prediction.shape[1]).clamp_min(1.0)
+
+
 def discriminator_bce(
     real_logits: torch.Tensor, fake_logits: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:

@@ -99,3 +99,33 @@ def test_train_cli_rejects_bad_key_before_any_work(tmp_path):
         "ganpaint: error: config key 'optim.lr': Key 'lr' not in 'OptimConfig'"
     ]
     assert not run_dir.exists()
+
+
+def test_launcher_precision_and_cpu_trap_are_refused_in_one_line():
+    from ganpaint.config import RunConfig
+    from ganpaint.train.setup import check_launcher
+
+    bf16 = RunConfig(mixed_precision="bf16")
+    check_launcher(bf16, {"ACCELERATE_MIXED_PRECISION": "bf16"})  # agree
+    check_launcher(bf16, {"ACCELERATE_MIXED_PRECISION": "no"})  # the launcher's default
+    with pytest.raises(
+        ConfigError, match="asks for mixed precision 'bf16'.*run.mixed_precision=bf16"
+    ):
+        check_launcher(RunConfig(mixed_precision="fp32"), {"ACCELERATE_MIXED_PRECISION": "bf16"})
+    trap = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    with pytest.raises(ConfigError, match="--cpu --num_processes N` starts one process"):
+        check_launcher(RunConfig(), trap)
+    check_launcher(RunConfig(), {**trap, "WORLD_SIZE": "2"})  # a real multi-process launch
+
+
+def test_loader_workers_are_capped_at_the_cores_of_a_process():
+    import os
+
+    from ganpaint.train.setup import fit_workers
+
+    cores = len(os.sched_getaffinity(0))
+    config = config_lib.load(None, [f"data.workers={cores + 4}"])
+    fitted, note = fit_workers(config, local_processes=1)
+    assert fitted.data.workers == cores - 1 and f"capped at {cores - 1}" in note
+    same, none = fit_workers(config_lib.load(None, ["data.workers=0"]), local_processes=1)
+    assert same.data.workers == 0 and none is None

@@ -124,3 +124,20 @@ def test_two_processes_make_the_update_of_one_with_the_whole_batch(tmp_path):
     # ...and training moved the weights far more than that, so the comparison is not vacuous.
     moved = max(float((two[key] - two[f"initial.{key}"]).abs().max()) for key in final)
     assert worst < 1e-5 and moved > 1000 * worst, (worst, moved)
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(synthetic_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    result = launch(
+        ROOT / "tests" / "scripts" / "nan_on_one_rank.py",
+        str(TINY),
+        f"data.shards={synthetic_shards}",
+        f"run.dir={run_dir}",
+        "schedule.total_steps=3",
+        "schedule.completion_steps=3",
+        "schedule.discriminator_steps=0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert [row["health/skipped_steps"] for row in rows] == [0, 1, 1]  # rank 0's own was finite
+    assert parameters_only(digests(run_dir, 0)) == parameters_only(digests(run_dir, 1))

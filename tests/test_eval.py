@@ -242,7 +242,7 @@ def test_eval_reproducible_reuses_holes_and_logs(
     results = tmp_path / "results"
     assert run_eval(run, synthetic_shards, "--json", str(results / "a.json"), "--seed", "3") == 0
     first_output = capsys.readouterr().out
-    holes_file = results / "holes-rect-32px-6-seed3.pt"
+    holes_file = run / "eval" / "holes-rect-32px-6-seed3.pt"  # beside the run, not the json
     assert f"holes: saved {holes_file}" in first_output and "FID/KID skipped" in first_output
     assert "hole PSNR" in first_output and "Telea" in first_output
     assert run_eval(run, synthetic_shards, "--json", str(results / "b.json"), "--seed", "3") == 0
@@ -334,15 +334,15 @@ def test_eval_bad_inputs_one_line_exit_2(synthetic_shards, make_config, tmp_path
     run = make_run(make_config(synthetic_shards))
     empty_run = tmp_path / "empty_run"
     empty_run.mkdir()
-    holes = tmp_path / "bad" / "holes-rect-32px-6-seed0.pt"
-    holes.parent.mkdir()
+    holes = run / "eval" / "holes-rect-32px-6-seed0.pt"
+    holes.parent.mkdir(exist_ok=True)
     torch.save(torch.zeros(3, dtype=torch.bool), holes)
     cases = [
         ((tmp_path / "no_run", synthetic_shards), "no_run"),
         ((empty_run, synthetic_shards), "empty_run"),
         ((run, tmp_path / "no_shards"), "no_shards"),
         ((run, synthetic_shards, "--split", "nosuchsplit"), "nosuchsplit"),
-        ((run, synthetic_shards, "--json", str(tmp_path / "bad" / "r.json")), holes.name),
+        ((run, synthetic_shards, "--json", str(tmp_path / "r.json")), holes.name),
         (
             (run, synthetic_shards, "--inception", str(tmp_path / "no_inception.pth")),
             "no_inception.pth",

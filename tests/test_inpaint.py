@@ -11,10 +11,11 @@ import torch
 from skimage import data
 
 from ganpaint import config as config_lib
+from ganpaint.blend import poisson_blend
 from ganpaint.cli import main
+from ganpaint.data.captions import build_tokenizer
 from ganpaint.export import save_export
-from ganpaint.inpaint import centre_box, poisson_blend
-from ganpaint.models import build_nets
+from ganpaint.models import build_nets, registry
 
 TINY = ["model.width=8", "model.disc_width=8", "model.fc_features=16"]
 FAMILY_OVERRIDES = {
@@ -37,6 +38,11 @@ FAMILY_OVERRIDES = {
     ],
     "dcgan": ["data.image_px=64", "data.resize_min_px=64", "data.resize_max_px=64"],
 }
+FAMILY_OVERRIDES["wgan_unet_caption"] = [
+    *FAMILY_OVERRIDES["context_encoder"],
+    "data.captions=true",
+    "model.vocabulary_size=64",
+]
 
 
 def make_run(run_dir: Path, family: str) -> Path:
@@ -47,7 +53,18 @@ def make_run(run_dir: Path, family: str) -> Path:
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
     run_dir.mkdir(parents=True)
     config_lib.save(config, run_dir / "config.yaml")
-    save_export(run_dir / "export", nets.generator, nets.discriminator, config, (0.4, 0.5, 0.6), 7)
+    tokenizer = None
+    if registry.get(family).captions:
+        tokenizer = build_tokenizer(["a red circle", "a blue square"]).to_str()
+    save_export(
+        run_dir / "export",
+        nets.generator,
+        nets.discriminator,
+        config,
+        (0.4, 0.5, 0.6),
+        7,
+        tokenizer,
+    )
     return run_dir
 
 
@@ -187,20 +204,21 @@ def test_folders_matched_by_stem(tmp_path: Path, glcic_run: Path) -> None:
         np.testing.assert_array_equal(read(tmp_path / "out" / f"{stem}.png")[~hole], pixels[~hole])
 
 
-def test_centre_family_resizes_and_pastes_inside_hole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rect", ["30,20,10,12", "0,0,8,8", "60,38,10,12"])
+def test_centre_family_fills_a_hole_anywhere(tmp_path: Path, rect: str) -> None:
+    """The centre net runs on a square around the hole (mirrored past the border), so a hole
+    off the image's centre, in a corner or on an edge is filled, and only the hole changes."""
     run = make_run(tmp_path / "ce", "context_encoder")
     original = photo(50, 70)
     image = write(tmp_path / "photo.png", original)
-    top, bottom, left, right = centre_box(50, 70)
-    assert (top, bottom, left, right) == (12, 38, 18, 52)
-    rect = f"{left + 2},{top + 3},10,12"
     out = tmp_path / "out.png"
     assert (
         run_inpaint("--run", str(run), "--image", str(image), "--rect", rect, "--output", str(out))
         == 0
     )
+    x, y, w, h = (int(part) for part in rect.split(","))
     hole = np.zeros((50, 70), bool)
-    hole[top + 3 : top + 15, left + 2 : left + 12] = True
+    hole[y : y + h, x : x + w] = True
     result = read(out)
     np.testing.assert_array_equal(result[~hole], original[~hole])
     assert (result[hole] != original[hole]).any()
@@ -223,24 +241,16 @@ def test_poisson_blend_removes_a_colour_shift() -> None:
         assert error <= 2, error  # the unblended prediction is off by 40
 
 
-def test_centre_family_rejects_hole_outside_centre(tmp_path: Path, capsys) -> None:
-    run = make_run(tmp_path / "ce", "context_encoder")
-    image = write(tmp_path / "photo.png", photo(40, 40))
-    assert (
-        run_inpaint(
-            "--run",
-            str(run),
-            "--image",
-            str(image),
-            "--rect",
-            "0,0,8,8",
-            "--output",
-            str(tmp_path / "out.png"),
-        )
-        == 2
+def test_centre_family_refuses_an_image_too_small_to_mirror(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "ce", "context_encoder")  # trained on 32 px: needs a 32 px square
+    image = write(tmp_path / "photo.png", photo(10, 10))
+    out = tmp_path / "out.png"
+    code = run_inpaint(
+        "--run", str(run), "--image", str(image), "--rect", "2,2,4,4", "--output", str(out)
     )
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "centre" in error
+    assert code == 2 and len(error.splitlines()) == 1 and "too small" in error, error
+    assert not out.exists()
 
 
 BAD_INPUTS = {
@@ -293,3 +303,15 @@ def test_unusable_model_one_line_exit_2(tmp_path: Path, capsys, family: str) -> 
     )
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and str(run) in error, error
+
+
+def test_a_hole_far_larger_than_the_trained_ones_is_warned(tmp_path: Path, glcic_run: Path, capsys):
+    image = write(tmp_path / "photo.png", photo(120, 160))
+    common = ["--run", str(glcic_run), "--image", str(image), "--blend", "none", "--output"]
+    assert run_inpaint(*common, str(tmp_path / "small.png"), "--rect", "70,50,10,10") == 0
+    assert "warning" not in capsys.readouterr().err  # the tiny net was trained on <= 12 px holes
+    assert run_inpaint(*common, str(tmp_path / "large.png"), "--rect", "20,20,100,80") == 0
+    assert (
+        "the size of those the model was trained on (masks.hole_max_px=12)"
+        in capsys.readouterr().err
+    )

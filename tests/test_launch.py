@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,12 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 
 # file -> (distributed_type, num_processes, mixed_precision, ZeRO stage); -1 = must be passed.
+# mixed_precision is "no" everywhere: the training config's run.mixed_precision decides.
 EXPECTED_CONFIGS = {
-    "1gpu.yaml": ("NO", 1, "bf16", None),
-    "8gpu.yaml": ("MULTI_GPU", 8, "bf16", None),
-    "multinode.yaml": ("MULTI_GPU", -1, "bf16", None),
-    "deepspeed_zero1.yaml": ("DEEPSPEED", 8, "bf16", 1),
-    "deepspeed_zero2.yaml": ("DEEPSPEED", 8, "bf16", 2),
+    "1gpu.yaml": ("NO", 1, "no", None),
+    "8gpu.yaml": ("MULTI_GPU", 8, "no", None),
+    "multinode.yaml": ("MULTI_GPU", -1, "no", None),
+    "deepspeed_zero1.yaml": ("DEEPSPEED", 8, "no", 1),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", 8, "no", 2),
     "cpu2.yaml": ("MULTI_GPU", 2, "no", None),
 }
 
@@ -75,12 +80,26 @@ def test_expand_hostlist_rejects_malformed(nodelist):
         expand_hostlist(nodelist)
 
 
+@functools.cache
+def _path_without_scontrol() -> str:
+    """PATH with each directory that holds scontrol (often /usr/bin, next to bash) replaced by a
+    mirror of its other programs."""
+    parts = []
+    for part in os.environ["PATH"].split(os.pathsep):
+        if (Path(part) / "scontrol").exists():
+            mirror = Path(tempfile.mkdtemp(prefix="path-without-scontrol-"))
+            atexit.register(shutil.rmtree, mirror, True)
+            for program in Path(part).iterdir():
+                if program.name != "scontrol":
+                    (mirror / program.name).symlink_to(program)
+            part = str(mirror)
+        parts.append(part)
+    return os.pathsep.join(parts)
+
+
 def _env_without_scontrol(extra: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
-    env["PATH"] = os.pathsep.join(
-        part for part in env["PATH"].split(os.pathsep) if not (Path(part) / "scontrol").exists()
-    )
-    return {**env, **extra}
+    return {**env, "PATH": _path_without_scontrol(), **extra}
 
 
 def _run_script(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -221,6 +240,7 @@ import signal, subprocess, sys, time
 from pathlib import Path
 stop = []
 signal.signal(signal.SIGUSR1, lambda number, frame: stop.append(number))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # as the training loop does
 loader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 out = Path(sys.argv[1])
 (out / f"ready-{sys.argv[2]}").write_text("")
@@ -259,10 +279,24 @@ def test_stop_relay_signals_the_training_processes_only(tmp_path):
     ] * 2
 
 
+def test_stop_relay_starts_the_launcher_with_the_stop_signals_blocked(tmp_path):
+    # SLURM signals every process of the job step: the launcher must not die of it.
+    report = tmp_path / "mask"
+    script = (
+        "import signal, sys; blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
+        "open(sys.argv[1], 'w').write(' '.join(sorted(number.name for number in blocked)))"
+    )
+    with StopRelay() as relay:
+        assert relay.run([sys.executable, "-c", script, str(report)], poll_s=0.05) == 0
+    assert {"SIGTERM", "SIGUSR1"} <= set(report.read_text().split())
+    assert not {signal.SIGTERM, signal.SIGUSR1} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_stop_relay_reports_a_death_by_signal():
-    relay = StopRelay()
-    assert relay.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 128 + 9
-    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
+    with StopRelay() as relay:
+        assert relay.run([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 128 + 9
+        assert signal.getsignal(signal.SIGUSR1) == relay._record  # kept until the supervisor ends
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored on leaving
 
 
 # Stand-ins for the SLURM binaries: srun runs its one task here (forwarding signals, writing the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -59,6 +61,57 @@ def test_rect_hole_inside_local_area_and_in_size_range():
     # sizes are drawn per sample over the whole range, and independently per axis
     assert min(heights) <= 10 and max(heights) >= 18 and heights != widths
     assert len(set(map(tuple, holes.local_origin.tolist()))) > 50
+
+
+def centred_origins(hole_mask: torch.Tensor, local_px: int) -> list[list[int]]:
+    """The paper's local area: centred on the hole's bounding box, clamped inside the image."""
+    return [
+        [
+            min(max(start + (extent - local_px) // 2, 0), IMAGE_PX - local_px)
+            for start, extent in ((top, height), (left, width))
+        ]
+        for top, left, height, width in bounding_boxes(hole_mask)
+    ]
+
+
+def test_rect_local_area_centred_on_the_hole_and_clamped():
+    """Default placement (GLCIC Sec. 3.2): the local area is centred on the hole; holes lie
+    anywhere in the image, so some areas are clamped at each border."""
+    assert RECT.local_placement == "centred"
+    holes = draw(RECT, batch=256)
+    origins = holes.local_origin.tolist()
+    assert origins == centred_origins(holes.hole_mask, 32)
+    flat = [value for origin in origins for value in origin]
+    assert 0 in flat and IMAGE_PX - 32 in flat  # clamped at both borders
+    unclamped = [
+        (top + height / 2) - (origin[0] + 16)
+        for (top, _, height, _), origin in zip(
+            bounding_boxes(holes.hole_mask), origins, strict=True
+        )
+        if 0 < origin[0] < IMAGE_PX - 32
+    ]
+    assert unclamped and max(abs(offset) for offset in unclamped) <= 0.5
+
+
+def test_random_local_placement_is_kept_as_an_option():
+    """local_placement=random: the area anywhere, the hole anywhere inside it (off-centre)."""
+    holes = draw(replace(RECT, local_placement="random"), batch=256)
+    offsets = []
+    for (top, left, height, width), (row, column) in zip(
+        bounding_boxes(holes.hole_mask), holes.local_origin.tolist(), strict=True
+    ):
+        assert row <= top and top + height <= row + 32
+        assert column <= left and left + width <= column + 32
+        offsets.append(abs(top + height / 2 - row - 16))
+    assert sum(offsets) / len(offsets) > 3  # ~5 px on average for 8-20 px holes in 32 px areas
+
+
+@pytest.mark.parametrize("placement", ["centred", "random"])
+def test_brush_local_area_placement(placement):
+    masks = MaskConfig(kind="brush", brush="thin", local_px=32, local_placement=placement)
+    holes = draw(masks, batch=32)
+    centred = holes.local_origin.tolist() == centred_origins(holes.hole_mask, 32)
+    assert centred is (placement == "centred")
 
 
 def test_center_hole():

@@ -238,29 +238,67 @@ def test_context_encoder_parameters():
 
 
 def test_wgan_unet_parameters():
-    # Encoder 4x4 s2 convs 64 (no BN), 128, 256, 512; bottleneck 3x3 512 -> 512; decoder deconvs
-    # whose inputs carry the cropped skips: (512 + 256) -> 256, (256 + 128) -> 128,
-    # (128 + 64) -> 64; 3x3 64 -> 3. Critic at 32 px: 3 convs 64, 128, 256, then 4x4 256 -> 1.
+    # The write-up's tables at width 64. G: 4x4 s2 convs 3->32, 32->64, 64->96, 96->128 (BN);
+    # transposed 128->96, (96+96)->64 (BN), (64+64)->3 (bias, sigmoid). Critic: 4x4 s2 convs
+    # 3->32, 32->64, 64->96, 96->128, Conv5 2x2 128->256 (BN), linear score 256->1.
     generator = (
-        conv(3, 64, 4, False)
-        + conv(64, 128, 4, True)
-        + conv(128, 256, 4, True)
-        + conv(256, 512, 4, True)
-        + conv(512, 512, 3, True)
-        + conv(768, 256, 4, True)
-        + conv(384, 128, 4, True)
-        + conv(192, 64, 4, True)
-        + conv(64, 3, 3, False)
+        conv(3, 32, 4, True)
+        + conv(32, 64, 4, True)
+        + conv(64, 96, 4, True)
+        + conv(96, 128, 4, True)
+        + conv(128, 96, 4, True)
+        + conv(96 + 96, 64, 4, True)
+        + conv(64 + 64, 3, 4, False)
     )
     critic = (
-        conv(3, 64, 4, False)
-        + conv(64, 128, 4, True)
-        + conv(128, 256, 4, True)
-        + conv(256, 1, 4, False)
+        conv(3, 32, 4, True)
+        + conv(32, 64, 4, True)
+        + conv(64, 96, 4, True)
+        + conv(96, 128, 4, True)
+        + conv(128, 256, 2, True)
+        + (256 + 1)
     )
+    assert generator == 729_539  # the write-up: "about 0.73 M"
     nets = meta_nets("wgan_unet", 64, 32)
     assert count_parameters(nets.generator) == generator
-    assert count_parameters(nets.discriminator) == critic
+    assert count_parameters(nets.discriminator) == critic == 461_697
+
+
+def test_wgan_unet_layer_tables_match_the_write_up():
+    """Both tables row by row: filters, kernel, stride, in-shape (skips) and out-shape."""
+    nets = meta_nets("wgan_unet", 64, 32)
+    generator_inputs, critic_inputs = (
+        tuple(tensor.to("meta") for tensor in inputs)
+        for inputs in example_inputs(ModelConfig(family="wgan_unet"), 64, 32)
+    )
+
+    def rows(net, inputs):
+        return [
+            ([part for part in row["name"].split(".") if not part.isdigit()][-1],)
+            + (row["kernel"], row["stride"])
+            + (tuple(row["input_shape"]), tuple(row["output_shape"]))
+            for row in layer_table(net, *inputs)
+        ]
+
+    assert rows(nets.generator, generator_inputs) == [
+        ("conv1", 4, 2, (3, 64, 64), (32, 32, 32)),
+        ("conv2", 4, 2, (32, 32, 32), (64, 16, 16)),
+        ("conv3", 4, 2, (64, 16, 16), (96, 8, 8)),
+        ("conv4", 4, 2, (96, 8, 8), (128, 4, 4)),
+        ("tconv1", 4, 2, (128, 4, 4), (96, 8, 8)),
+        ("tconv2", 4, 2, (96 + 96, 8, 8), (64, 16, 16)),
+        ("tconv3", 4, 2, (64 + 64, 16, 16), (3, 32, 32)),
+    ]
+    assert rows(nets.discriminator, critic_inputs) == [
+        ("conv1", 4, 2, (3, 32, 32), (32, 16, 16)),
+        ("conv2", 4, 2, (32, 16, 16), (64, 8, 8)),
+        ("conv3", 4, 2, (64, 8, 8), (96, 4, 4)),
+        ("conv4", 4, 2, (96, 4, 4), (128, 2, 2)),
+        ("conv5", 2, 1, (128, 2, 2), (256, 1, 1)),
+        ("score", None, None, (256,), (1,)),
+    ]
+    activations = {type(module) for module in nets.generator.modules()}
+    assert nn.ReLU in activations and nn.LeakyReLU not in activations
 
 
 # ---- receptive field ----------------------------------------------------------------------------

@@ -431,3 +431,21 @@ def test_synthetic_holes_are_learnable_beyond_the_mean_fill(tmp_path):
     baseline = hole_psnr(mean_rgb.expand_as(images), images, masks)
     # Measured: 16.5 dB against 13.2 dB (+3.3); the margin leaves room for other torch builds.
     assert learned > baseline + 2.5, (learned, baseline)
+
+
+def test_a_small_folder_always_gets_val_and_test_images(tmp_path):
+    from ganpaint.data.sources import Item, hash_split, top_up_held_out
+
+    names = [f"photo_{index:02d}.jpg" for index in range(60)]
+    splits = {"train": [], "val": [], "test": []}
+    for name in names:
+        splits[hash_split(name, 0.05)].append(Item(name, name))
+    before = {split: {item.key for item in items} for split, items in splits.items()}
+    top_up_held_out(splits, 0.05)
+    assert len(splits["val"]) >= 3 and len(splits["test"]) >= 3
+    assert sum(len(items) for items in splits.values()) == 60
+    # what the hash held out stays held out; only train images move
+    for split in ("val", "test"):
+        assert before[split] <= {item.key for item in splits[split]}
+    moved = {item.key for item in splits["val"] + splits["test"]} - before["val"] - before["test"]
+    assert moved <= before["train"]

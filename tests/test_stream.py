@@ -16,8 +16,9 @@ import torch
 import webdataset as wds
 
 from ganpaint.config import DataConfig
+from ganpaint.data.order import buffered_order, epoch_shards
 from ganpaint.data.shards import pack
-from ganpaint.data.stream import epoch_shards, iterate_split, read_manifest, train_loader, val_batch
+from ganpaint.data.stream import iterate_split, read_manifest, train_loader, val_batch
 from ganpaint.errors import UserError
 
 
@@ -114,14 +115,12 @@ def test_two_ranks_read_disjoint_shards_that_cover_the_split(synthetic_shards):
 
 def test_epoch_dealing_with_workers_and_with_too_few_shards():
     for epoch in range(4):
-        dealt = [
-            epoch_shards(6, reader, 4, seed=1, start_step=0, epoch=epoch) for reader in range(4)
-        ]
+        dealt = [epoch_shards(6, reader, 4, seed=1, epoch=epoch) for reader in range(4)]
         flat = [index for shards in dealt for index in shards]
         assert sorted(flat) == list(range(6))  # disjoint and complete across 2 ranks x 2 workers
-    assert epoch_shards(6, 0, 4, 1, 0, 0) != epoch_shards(6, 0, 4, 1, 0, 1)  # reshuffled per epoch
+    assert epoch_shards(6, 0, 4, 1, 0) != epoch_shards(6, 0, 4, 1, 1)  # reshuffled per epoch
     picks = {
-        tuple(epoch_shards(3, reader, 8, 1, 0, epoch)) for reader in range(8) for epoch in range(5)
+        tuple(epoch_shards(3, reader, 8, 1, epoch)) for reader in range(8) for epoch in range(5)
     }
     assert all(len(pick) == 1 and 0 <= pick[0] < 3 for pick in picks)
     assert len({pick[0] for pick in picks}) == 3  # resampling reaches every shard
@@ -214,7 +213,7 @@ def test_val_batch_is_the_first_images_centre_cropped(synthetic_shards):
 
 def test_val_batch_falls_back_to_train_when_the_split_is_empty(tmp_path):
     pack("synthetic", tmp_path, size=64, count=12, val_fraction=0.0, workers=1, progress=False)
-    with pytest.warns(UserWarning, match="'val' is empty"):
+    with pytest.warns(UserWarning, match="no held-out images"):
         batch = val_batch(identity_data(tmp_path), 4)
     assert np.array_equal(batch[0].numpy(), shard_images(tmp_path / "train-000000.tar")[0])
     with pytest.raises(UserError, match="no split 'nosuch'"):
@@ -242,3 +241,47 @@ def test_shards_read_back_with_the_webdataset_library(synthetic_shards):
     assert len(samples) == 16 and samples[0]["__key__"] == "00000096"  # val follows 96 train
     assert samples[0]["jpg"].shape == (64, 64, 3)
     assert samples[0]["json"]["size"] == [64, 64] and samples[0]["json"]["source"] == "synthetic:96"
+
+
+def test_validation_and_eval_use_a_held_out_split_that_has_images(tmp_path):
+    from ganpaint.data.stream import held_out_split
+
+    pack("synthetic", tmp_path, size=32, count=20, val_fraction=0.0, workers=1, progress=False)
+    with pytest.warns(UserWarning, match="no held-out images"):
+        assert held_out_split(tmp_path, "val") == "train"
+    assert held_out_split(tmp_path, "train") == "train"
+    with pytest.raises(UserError, match="nope"):
+        held_out_split(tmp_path, "nope")
+
+
+@pytest.mark.parametrize(
+    "workers, starts", [(0, (5, 13)), (2, (13,))], ids=["in-process", "two-workers"]
+)
+def test_a_loader_opened_at_batch_k_yields_the_stream_from_k(
+    workers, starts, synthetic_shards, make_config
+):
+    """Resume positions the stream directly: no batch before k is replayed, and none differs."""
+    data = dataclasses.replace(make_config(synthetic_shards).data, workers=workers)
+    whole = take(train_loader(data, 4, 1, 2, 5, 0), 30)  # 2 readers per rank: > 2 epochs each
+    for start in starts:
+        resumed = take(train_loader(data, 4, 1, 2, 5, start), 30 - start)
+        assert all(torch.equal(a, b) for a, b in zip(whole[start:], resumed, strict=True)), start
+
+
+def test_positioning_holds_over_corrupt_and_missing_samples(synthetic_shards, tmp_path):
+    shards = corrupt_copy(synthetic_shards, tmp_path / "corrupt")
+    data = identity_data(shards, shuffle_buffer=16, hflip=True)
+    with pytest.warns(UserWarning, match="skipped"):
+        whole = take(train_loader(data, 8, 0, 1, 3, 0), 16)
+        resumed = take(train_loader(data, 8, 0, 1, 3, 9), 7)
+    assert all(torch.equal(a, b) for a, b in zip(whole[9:], resumed, strict=True))
+    assert all(batch.float().std() > 10 for batch in whole)
+
+
+def test_buffered_order_is_a_permutation_that_holds_at_most_the_buffer():
+    rng = np.random.default_rng(0)
+    order = buffered_order(100, 8, rng)
+    assert sorted(order.tolist()) == list(range(100))
+    assert all(read < emitted + 8 for emitted, read in enumerate(order))  # read before its turn
+    assert order.tolist() != list(range(100))
+    assert buffered_order(10, 0, rng).tolist() == list(range(10))

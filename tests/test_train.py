@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ganpaint import losses
 from ganpaint.errors import UserError
 from ganpaint.train import checkpoint
 from ganpaint.train.loop import TrainingDiverged, train
+from ganpaint.train.stop import marker_path
 
 ROOT = Path(__file__).parent.parent
 
@@ -246,6 +248,8 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     # The stop checkpoint is the newest (phase-end checkpoints may precede it).
     stopped_at = checkpoint.saved_steps(run_dir)[-1][0]
     assert 0 < stopped_at < 400 and "stop signal" in out
+    marker = f"SIGTERM {stopped_at} checkpoints/step-{stopped_at:08d}\n"
+    assert marker_path(run_dir).read_text() == marker
     again = subprocess.run(
         command[:-3]
         + [
@@ -262,8 +266,106 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(synthetic_shards, tmp_path):
     assert stats(run_dir)[-1]["step"] == stopped_at + 2
 
 
+def test_signal_held_back_during_start_up_stops_before_the_first_step(
+    synthetic_shards, make_config
+):
+    config = make_config(synthetic_shards, **FAMILY_OVERRIDES["glcic"])
+    # As under the SLURM node supervisor: the stop signals blocked from the start, one pending.
+    stops = {signal.SIGTERM, signal.SIGUSR1}
+    handlers = {number: signal.getsignal(number) for number in stops}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        run_dir = train(config)
+        assert stops <= signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask it found
+        assert {signal.getsignal(number) for number in stops} == {signal.SIG_IGN}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert marker_path(run_dir).read_text() == "SIGUSR1 0 -\n"
+    assert checkpoint.latest(run_dir) is None and not (run_dir / "export").exists()
+
+
 def test_bad_shard_dir_fails_before_any_work(make_config, tmp_path):
     config = make_config(tmp_path / "no_shards")
     with pytest.raises(UserError, match="no_shards"):
         train(config)
     assert not Path(config.run.dir).exists()
+
+
+def test_resume_by_run_directory_keeps_data_and_records_changes(
+    synthetic_shards, make_config, tmp_path, capsys
+):
+    from ganpaint.cli import main
+
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 2,
+            "schedule.completion_steps": 1,
+            "schedule.discriminator_steps": 1,
+        },
+    )
+    train(config)
+    run_dir = Path(config.run.dir)
+    # the README's flow: continue the run, longer, with another learning rate
+    assert (
+        main(
+            ["train", "--resume", str(run_dir), "schedule.total_steps=3", "optim.generator_lr=0.5"]
+        )
+        == 0
+    )
+    changes = [
+        json.loads(line) for line in (run_dir / "config_changes.jsonl").read_text().splitlines()
+    ]
+    assert changes == [
+        {
+            "step": 2,
+            "changes": {"optim.generator_lr": [1.0, 0.5], "schedule.total_steps": [2, 3]},
+        }
+    ]
+    assert "resumed" in capsys.readouterr().out
+    # the data (or the model) of a run cannot change, and config.yaml keeps its source
+    other = str(tmp_path / "elsewhere")
+    assert main(["train", "--resume", str(run_dir), f"data.shards={other}"]) == 2
+    assert "data.shards" in capsys.readouterr().err
+    assert str(synthetic_shards) in (run_dir / "config.yaml").read_text()
+    # a chosen checkpoint
+    first = run_dir / "checkpoints" / "step-00000001"
+    assert first.is_dir()
+    assert main(["train", "--resume-from", str(first), "schedule.total_steps=3"]) == 0
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_other_experiment_trackers_get_the_scalars(
+    synthetic_shards, make_config, tmp_path, monkeypatch
+):
+    """accelerate's trackers, here wandb offline (writes files, no network)."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = make_config(
+        synthetic_shards,
+        **{
+            "schedule.total_steps": 2,
+            "schedule.completion_steps": 1,
+            "schedule.discriminator_steps": 1,
+            "log.every_steps": 1,
+            "log.trackers": "[tensorboard,wandb]",
+        },
+    )
+    run_dir = train(config)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert any((run_dir / "tb").iterdir())  # TensorBoard still written
+
+
+def test_a_tracker_that_is_not_installed_is_one_line(synthetic_shards, make_config):
+    from ganpaint.config import ConfigError
+
+    with pytest.raises(ConfigError, match="log.trackers.*aim is not installed: pip install aim"):
+        make_config(synthetic_shards, **{"log.trackers": "[aim]"})
+    with pytest.raises(ConfigError, match="log.trackers.*'nope' is not one of"):
+        make_config(synthetic_shards, **{"log.trackers": "[nope]"})

@@ -1,5 +1,5 @@
-"""Decoding shard images and cutting square crops: GLCIC's random crops for training, centre crops
-for evaluation, written into CHW RGB uint8 batches.
+"""Decoding shard images and cutting square crops: GLCIC's random crops or DCGAN's centre crops for
+training, centre crops for evaluation, written into CHW RGB uint8 batches.
 
 A crop is chosen in source pixels and resized once to the output side, which is the same as the
 paper's "scale the shortest side to a random size, then crop" but resizes only the pixels kept.
@@ -53,6 +53,16 @@ def random_square(
     left = int(rng.integers(0, width - side + 1))
     top = int(rng.integers(0, height - side + 1))
     return left, top, side
+
+
+def scaled_centre_square(
+    height: int, width: int, image_px: int, resize_px: int
+) -> tuple[int, int, int]:
+    """(left, top, side) in source pixels of Resize(resize_px) + CenterCrop(image_px), the DCGAN
+    preprocessing: the shortest side scaled to resize_px, the centred image_px square of that."""
+    shortest = min(height, width)
+    side = min(shortest, max(1, round(image_px * shortest / resize_px)))
+    return (width - side) // 2, (height - side) // 2, side
 
 
 def centre_square(height: int, width: int) -> tuple[int, int, int]:

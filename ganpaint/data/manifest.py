@@ -102,16 +102,16 @@ def check_split(manifest: dict, shard_dir: str | Path, split: str) -> None:
         )
 
 
-def split_paths(manifest: dict, shard_dir: str | Path, split: str) -> list[str]:
-    """Absolute paths of the split's non-empty shards, in manifest order; UserError if one is
-    missing or is not a plain file."""
+def split_shards(manifest: dict, shard_dir: str | Path, split: str) -> list[tuple[str, int]]:
+    """(absolute path, sample count) of the split's non-empty shards, in manifest order; UserError
+    if one is missing or is not a plain file."""
     check_split(manifest, shard_dir, split)
     directory = Path(shard_dir).absolute()
-    paths = []
+    shards = []
     for shard in manifest["splits"][split]["shards"]:
         path = directory / shard["name"]  # a checked name: no separator, no scheme, no `..`
         if not path.is_file():
             raise UserError(f"{path}: listed in {MANIFEST} but missing (or not a file)")
         if shard["count"]:
-            paths.append(str(path))
-    return paths
+            shards.append((str(path), shard["count"]))
+    return shards

@@ -5,10 +5,16 @@ tensors and the masks are built by comparing them with coordinate grids. Kinds:
 
 - center: the centre square of side hole_max_px; the local area is the centre square of local_px
   (the hole itself for context_encoder and wgan_unet, where local_px = hole side).
-- rect (GLCIC): a local area of local_px placed uniformly in the image, holding one hole of random
-  height and width in [hole_min_px, hole_max_px] placed uniformly inside it.
-- multi_rect: 1..max_holes such holes; the first sits in the local area, the others anywhere.
-- brush: free-form strokes in the manner of LaMa's thin / medium / thick masks; local area at random.
+- rect (GLCIC): one hole of random height and width in [hole_min_px, hole_max_px]. With
+  local_placement "centred" (the paper's "patch centred around the completed region") the hole is
+  placed uniformly in the image and the local area of local_px is centred on it, clamped at the
+  borders (it still holds the whole hole); with "random" the local area is placed uniformly and the
+  hole uniformly inside it.
+- multi_rect: 1..max_holes such holes; the first is placed as a rect hole (with its local area),
+  the others anywhere.
+- brush: free-form strokes in the manner of LaMa's thin / medium / thick masks; the local area is
+  centred on the strokes' bounding box ("centred", clamped; large strokes may reach beyond it) or
+  placed at random.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ def _integers(
     device,
 ) -> torch.Tensor:
     """Uniform integers in [low, high] (inclusive; bounds may be tensors), as long."""
-    span = torch.as_tensor(high, device=device) - low + 1
+    span = high - low + 1  # a Python int stays one: no scalar copied to the device
     return (low + (_uniform(shape, generator, device) * span).floor()).long()
 
 
@@ -84,25 +90,57 @@ def _rect_mask(
     return (rows[..., :, None] & cols[..., None, :]).any(dim=1)
 
 
+def _centred_origin(
+    start: torch.Tensor, extent: torch.Tensor, local_px: int, image_px: int
+) -> torch.Tensor:
+    """Origin (along one axis) of a local_px area centred on [start, start + extent), clamped inside
+    the image. When extent <= local_px the area holds the whole span, clamped or not."""
+    return (start + torch.div(extent - local_px, 2, rounding_mode="floor")).clamp(
+        0, image_px - local_px
+    )
+
+
 def _holes_in_local(
     masks: MaskConfig, batch: int, image_px: int, count: int, generator: torch.Generator, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` rect holes per sample; the first inside a random local area. -> (mask, origin)."""
+    """`count` rect holes per sample, the first with its local area placed by
+    masks.local_placement. -> (mask, origin)."""
     shape = (batch, count)
     height = _integers(masks.hole_min_px, masks.hole_max_px, shape, generator, device)
     width = _integers(masks.hole_min_px, masks.hole_max_px, shape, generator, device)
-    origin = _integers(0, image_px - masks.local_px, (batch, 2), generator, device)
-    # The first hole is placed inside the local area, the others anywhere in the image.
+    random_area = masks.local_placement == "random"
     area_px = torch.full(shape, image_px, device=device)
-    area_px[:, 0] = masks.local_px
     area_top = torch.zeros(shape, dtype=torch.long, device=device)
     area_left = torch.zeros(shape, dtype=torch.long, device=device)
-    area_top[:, 0], area_left[:, 0] = origin[:, 0], origin[:, 1]
+    if random_area:  # the first hole is placed inside the local area, the others anywhere
+        origin = _integers(0, image_px - masks.local_px, (batch, 2), generator, device)
+        area_px[:, 0] = masks.local_px
+        area_top[:, 0], area_left[:, 0] = origin[:, 0], origin[:, 1]
     top = area_top + _integers(0, area_px - height, shape, generator, device)
     left = area_left + _integers(0, area_px - width, shape, generator, device)
     active = torch.arange(count, device=device) < _integers(1, count, (batch, 1), generator, device)
+    if not random_area:
+        origin = torch.stack(
+            [
+                _centred_origin(top[:, 0], height[:, 0], masks.local_px, image_px),
+                _centred_origin(left[:, 0], width[:, 0], masks.local_px, image_px),
+            ],
+            dim=1,
+        )
     # An inactive hole gets zero height: it adds nothing to the union.
     return _rect_mask(top, left, height * active, width, image_px), origin
+
+
+def _bounding_box_origin(hole: torch.Tensor, local_px: int) -> torch.Tensor:
+    """[N, 2] origins of local areas centred on each hole's bounding box (hole [N, H, W] bool,
+    not empty), found without a host sync: first and last covered row / column by argmax."""
+    image_px = hole.shape[-1]
+    origins = []
+    for covered in (hole.any(dim=2), hole.any(dim=1)):  # rows, then columns: [N, H|W]
+        first = covered.int().argmax(dim=1)
+        last = image_px - 1 - covered.flip(1).int().argmax(dim=1)
+        origins.append(_centred_origin(first, last - first + 1, local_px, image_px))
+    return torch.stack(origins, dim=1)
 
 
 def _draw_segments(
@@ -188,7 +226,10 @@ def make_holes(
         hole, origin = _holes_in_local(masks, batch, image_px, count, generator, device)
     elif masks.kind == "brush":
         hole = _brush_holes(BRUSH_PRESETS[masks.brush], batch, image_px, generator, device)
-        origin = _integers(0, image_px - masks.local_px, (batch, 2), generator, device)
+        if masks.local_placement == "random":
+            origin = _integers(0, image_px - masks.local_px, (batch, 2), generator, device)
+        else:
+            origin = _bounding_box_origin(hole, masks.local_px)
     else:
         raise ValueError(f"unknown mask kind {masks.kind!r}")
     return Holes(hole[:, None].float(), origin.long())

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,12 +95,12 @@ def pack_shard(task: ShardTask) -> dict:
     """Write the task's tar and its record; return the record.
 
     Record: name, split, count, bytes, sha256, mean_rgb (mean of per-image means, RGB in [0, 1]),
-    plan, and skipped ({"path", "reason", "split", "shard"} for images that did not decode).
+    captioned (images packed with captions), plan, and skipped ({"path", "reason", "split", "shard"} for images that did not decode).
     """
     output = Path(task.output)
     temporary = output / STATE_DIR / f"{task.name}.tmp-{os.getpid()}"
     reader = ImageReader(task.size, task.seed)
-    skipped, colour_sum, count = [], np.zeros(3), 0
+    skipped, colour_sum, count, captioned = [], np.zeros(3), 0, 0
     try:
         with tarfile.open(temporary, "w", format=tarfile.USTAR_FORMAT) as tar:
             for item in task.items:
@@ -121,6 +122,9 @@ def pack_shard(task: ShardTask) -> dict:
                     "original_size": list(original.shape[1::-1]),
                     "size": list(image.shape[1::-1]),
                 }
+                if item.captions:
+                    meta["captions"] = list(item.captions)
+                    captioned += 1
                 # WebDataset groups members by the name before the first dot: the sample key.
                 add_member(
                     tar,
@@ -130,6 +134,7 @@ def pack_shard(task: ShardTask) -> dict:
                 add_member(tar, f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
                 colour_sum += np.asarray(cv2.mean(image)[:3]) / 255.0
                 count += 1
+                _packed.value += 1  # one writer per process, read for progress only: no lock
         os.replace(temporary, output / task.name)
     finally:
         reader.close()
@@ -142,6 +147,7 @@ def pack_shard(task: ShardTask) -> dict:
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
         "mean_rgb": (colour_sum / max(count, 1)).tolist(),
+        "captioned": captioned,
         "plan": task.plan,
         "skipped": skipped,
     }
@@ -149,6 +155,15 @@ def pack_shard(task: ShardTask) -> dict:
     return record
 
 
-def init_worker() -> None:
-    """One OpenCV thread per packing process: the processes already fill the cores."""
+# Images packed so far by this process tree: a shared counter in packing processes (set by
+# init_worker), a plain one in the main process; the progress bar reads it.
+_packed = types.SimpleNamespace(value=0)
+
+
+def init_worker(counter=None) -> None:
+    """One OpenCV thread per packing process (the processes already fill the cores), and the
+    shared count of packed images."""
+    global _packed
     cv2.setNumThreads(1)
+    if counter is not None:
+        _packed = counter

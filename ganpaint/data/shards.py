@@ -1,11 +1,15 @@
 """Packing a dataset into WebDataset tar shards + manifest.json: the `ganpaint shards` command.
 
 Layout of an output directory:
-    {train,val,test}-NNNNNN.tar   samples `__key__` + jpg|png|webp + json (source, sizes)
+    {train,val,test}-NNNNNN.tar   samples `__key__` + jpg|png|webp + json (source, sizes, and
+                                  the image's captions where COCO has them)
     manifest.json                 source, parameters, per split: count, bytes and per shard
-                                  (name, count, bytes, sha256, mean_rgb, plan); the train split's
-                                  mean RGB in [0, 1] ("mean_rgb", GLCIC's hole fill); "skipped"
-                                  inputs with their reasons
+                                  (name, count, bytes, sha256, mean_rgb, captioned, plan); the
+                                  train split's mean RGB in [0, 1] ("mean_rgb", GLCIC's hole
+                                  fill); "skipped" inputs with their reasons; "captions" (when
+                                  caption annotations were read): images with and without
+                                  captions per split, the tokenizer file and its vocabulary size
+    tokenizer.json                the word tokenizer of the train captions (captions only)
 Shards are written in parallel (one task per shard), each to a temporary name and then renamed;
 the manifest is written last. Re-running the same command resumes: a shard whose recorded sha256
 still verifies and whose plan (parameters + inputs) matches is kept.
@@ -17,6 +21,7 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ganpaint.data.captions import caption_manifest
 from ganpaint.data.pack_state import claim_output, remove_stale_shards, verified
 from ganpaint.data.packing import (
     MANIFEST,
@@ -33,7 +39,7 @@ from ganpaint.data.packing import (
     pack_shard,
     write_json,
 )
-from ganpaint.data.sources import SOURCES, SPLITS, Inputs, enumerate_inputs
+from ganpaint.data.sources import SOURCES, SPLITS, Inputs, Item, enumerate_inputs
 from ganpaint.errors import UserError
 
 FORMAT = "ganpaint-shards/1"
@@ -84,7 +90,9 @@ def _plan(inputs: Inputs, described: dict, output: Path) -> list[ShardTask]:
         items = inputs.splits[split]
         for number, start in enumerate(range(0, len(items), per_shard)):
             chunk = tuple(items[start : start + per_shard])
-            fingerprint = json.dumps([described, [list(item) for item in chunk]], sort_keys=True)
+            fingerprint = json.dumps(
+                [described, [_planned(item) for item in chunk]], sort_keys=True
+            )
             tasks.append(
                 ShardTask(
                     name=f"{split}-{number:06d}.tar",
@@ -101,14 +109,23 @@ def _plan(inputs: Inputs, described: dict, output: Path) -> list[ShardTask]:
     return tasks
 
 
-def _run(tasks: list[ShardTask], workers: int) -> Iterator[dict]:
-    """Pack the tasks, yielding records as shards finish (in any order)."""
+def _planned(item: Item) -> list:
+    """An item as its shard's plan sees it; an item without captions as before captions existed,
+    so packs made then still verify and are reused."""
+    return list(item) if item.captions else list(item[:-1])
+
+
+def _run(tasks: list[ShardTask], workers: int, counter) -> Iterator[dict]:
+    """Pack the tasks, yielding records as shards finish (in any order); `counter.value` counts
+    the images packed meanwhile."""
     if workers == 1 or len(tasks) <= 1:
+        init_worker(counter)
         yield from map(pack_shard, tasks)
         return
     # spawn, not fork: the caller may hold threads (torch, rich) that a fork would copy mid-state.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=init_worker) as pool:
+    pool_size = min(workers, len(tasks))
+    with context.Pool(pool_size, initializer=init_worker, initargs=(counter,)) as pool:
         yield from pool.imap_unordered(pack_shard, tasks)
 
 
@@ -130,9 +147,23 @@ def _pack_missing(
         bar_task = bar.add_task(title, total=sum(images_in.values()), completed=reused)
         if records:
             bar.console.print(f"reusing {len(records)} of {len(tasks)} shards (sha256 verified)")
-        for record in _run(todo, workers):
-            records[record["name"]] = record
-            bar.advance(bar_task, images_in[record["name"]])
+        # Per image, not per shard: a thread copies the workers' shared count into the bar.
+        counter = multiprocessing.get_context("spawn").Value("q", 0, lock=False)
+        done = threading.Event()
+
+        def follow() -> None:
+            while not done.wait(0.25):
+                bar.update(bar_task, completed=reused + counter.value)
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        try:
+            for record in _run(todo, workers, counter):
+                records[record["name"]] = record
+        finally:
+            done.set()
+            follower.join()
+        bar.update(bar_task, completed=sum(images_in.values()))
 
 
 def _manifest(
@@ -221,6 +252,10 @@ def pack(
     }
     _pack_missing(tasks, records, workers, progress, f"{source} -> {output}")
     manifest = _manifest(source, described, tasks, records, inputs.skipped)
+    training = [caption for item in inputs.splits["train"] for caption in item.captions]
+    captions = caption_manifest(training, inputs.annotations, manifest["splits"], output)
+    if captions is not None:
+        manifest["captions"] = captions
     if not any(entry["count"] for entry in manifest["splits"].values()):
         first = manifest["skipped"][0] if manifest["skipped"] else {"path": "?", "reason": "?"}
         raise UserError(
@@ -229,6 +264,13 @@ def pack(
         )
     if not manifest["splits"]["train"]["count"]:
         warnings.warn(f"{output}: no train images; mean_rgb is taken over all splits", stacklevel=2)
+    for split in ("val", "test"):
+        if not manifest["splits"][split]["count"]:
+            warnings.warn(
+                f"{output}: split {split!r} is empty: training validates and `ganpaint eval` "
+                "scores on another split, which it names",
+                stacklevel=2,
+            )
     write_json(output / MANIFEST, manifest)
     remove_stale_shards(output, keep=tuple(task.name for task in tasks))
     shutil.rmtree(output / STATE_DIR, ignore_errors=True)
@@ -243,6 +285,14 @@ def _summary(manifest: dict, output: str | Path, seconds: float) -> str:
             f"{entry['bytes'] / 1e6:9.1f} MB"
         )
     lines.append("  mean RGB " + " ".join(f"{value:.4f}" for value in manifest["mean_rgb"]))
+    if "captions" in manifest:
+        captions = manifest["captions"]
+        with_captions = sum(captions["images_with_captions"].values())
+        without = sum(captions["images_without_captions"].values())
+        lines.append(
+            f"  captions: {with_captions} images with, {without} without; "
+            f"{captions['tokenizer']}: {captions['vocabulary_size']} words"
+        )
     skipped = manifest["skipped"]
     lines.append(
         f"  skipped {len(skipped)} inputs" + (" (all listed in manifest.json):" if skipped else "")

@@ -4,6 +4,8 @@
 it to a split; an `ImageReader` reads them as RGB. Files that cannot be images are reported as
 skipped here; files that fail to decode are reported by the packer.
 
+COCO's captions (annotations/captions_{train,val}2017.json, when present) travel with its items.
+
 Splits: CelebA follows `list_eval_partition.txt` (0 train, 1 val, 2 test); COCO maps `train2017/`
 to train and `val2017/` to val (no test); a folder, or a CelebA without its partition file, is split
 by a hash of each relative path: `val_fraction` of the images go to val and as many to test; the
@@ -23,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ganpaint.data import synthetic
+from ganpaint.data.captions import read_coco_captions
 from ganpaint.errors import UserError
 
 SOURCES = ("celeba", "coco", "folder", "synthetic")
@@ -39,6 +42,7 @@ class Item(NamedTuple):
     path: str  # file, or the zip holding `member`; "" for synthetic images
     member: str = ""  # name inside a zip archive
     index: int = -1  # synthetic image number
+    captions: tuple[str, ...] = ()  # coco: the image's captions, stored in its shard sample
 
     @property
     def origin(self) -> str:
@@ -51,6 +55,7 @@ class Item(NamedTuple):
 class Inputs(NamedTuple):
     splits: dict[str, list[Item]]  # split name -> items in packing order
     skipped: list[dict]  # {"path", "reason"} for inputs that are not images at all
+    annotations: tuple[str, ...] = ()  # caption annotation files read (coco)
 
 
 class SkipImage(Exception):
@@ -107,10 +112,35 @@ def _key(relative: str, used: set[str]) -> str:
 
 def hash_split(relative: str, val_fraction: float) -> str:
     """Deterministic split of a relative path: val_fraction to val, as much to test, rest train."""
-    fraction = int(hashlib.sha256(relative.encode()).hexdigest()[:12], 16) / 16**12
+    fraction = _hash_fraction(relative)
     if fraction < val_fraction:
         return "val"
     return "test" if fraction < 2 * val_fraction else "train"
+
+
+def _hash_fraction(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def top_up_held_out(splits: dict[str, list[Item]], val_fraction: float) -> None:
+    """Give val and test at least round(val_fraction * images) each (at least one, from 3 images
+    on), taking train images in a fixed order, so a small folder never packs an empty val split.
+
+    The hash split is kept for everything it already holds out: adding images to a folder never
+    moves an image out of val or test.
+    """
+    total = sum(len(items) for items in splits.values())
+    want = max(1, round(total * val_fraction)) if total >= 3 else 0
+    for split in ("val", "test"):
+        short = want - len(splits[split])
+        if short <= 0:
+            continue
+        order = sorted(
+            range(len(splits["train"])), key=lambda i: _hash_fraction(splits["train"][i].key)
+        )
+        moved = set(order[:short])
+        splits[split] += [splits["train"][i] for i in sorted(moved)]
+        splits["train"] = [item for i, item in enumerate(splits["train"]) if i not in moved]
 
 
 def _files(root: Path) -> list[tuple[str, Path]]:
@@ -221,7 +251,13 @@ def _coco(root: Path) -> Inputs:
         if folder.is_dir():
             files = [(relative, (str(path),)) for relative, path in _files(folder)]
             splits[split] = _split_files(files, lambda _, s=split: s, skipped)[split]
-    return Inputs(splits, skipped)
+    captions, annotations = read_coco_captions(root)
+    for split, by_name in captions.items():
+        splits[split] = [
+            item._replace(captions=tuple(by_name.get(Path(item.path).name, ())))
+            for item in splits[split]
+        ]
+    return Inputs(splits, skipped, tuple(annotations))
 
 
 def _folder(root: Path, val_fraction: float) -> Inputs:
@@ -233,6 +269,7 @@ def _folder(root: Path, val_fraction: float) -> Inputs:
         )
     skipped: list[dict] = []
     splits = _split_files(files, lambda relative: hash_split(relative, val_fraction), skipped)
+    top_up_held_out(splits, val_fraction)
     return Inputs(splits, skipped)
 
 

@@ -2,17 +2,21 @@
 fixed validation batch, and in-order evaluation batches.
 
 Determinism contract: the training stream is a pure function of (manifest, DataConfig, local
-batch, rank, world size, seed, start_step). Every random choice (shard order, shuffle buffer,
-crop, flip) comes from a generator seeded by those values; DataLoader workers produce whole
-batches and the loader takes them round-robin, so the batch order is fixed too. The training loop
-rebuilds the loader at every checkpoint with start_step = that step, so a resumed run sees exactly
-the batches of an uninterrupted one without saving any iterator state.
+batch, rank, world size, seed) and of the position it starts at. Batch b of a rank comes from
+reader b mod R of that rank (R = max(1, data.workers) readers, one per DataLoader worker, which
+the loader takes round-robin), as that reader's (b // R)-th batch of local_batch consecutive
+samples of its stream (ganpaint/data/order.py: shards dealt per epoch, buffered shuffle), cropped
+and flipped (unless data.crop is "centre") by a generator seeded by (seed, rank, b), which also
+draws which caption of each image is used when data.captions is on. Everything a batch needs is computed from
+the manifest's counts, so a loader opened at batch b yields exactly what one opened at 0 yields
+from its b-th batch on, without decoding the batches before it: the training loop opens one
+loader for the whole run, and a resume opens it where the run stopped.
 
-Shards per epoch: each (rank, worker) pair is a reader. In every epoch the train shards are
-permuted by (seed, start_step, epoch) and dealt round-robin to the readers, so no two readers (and
-no two ranks) read the same shard in an epoch and together they read all of them. With fewer
-shards than readers that cannot be done: each reader then draws one shard per epoch at random,
-with replacement. Either way every rank's stream is endless, so all ranks yield equal batch counts.
+Shards per epoch: in every epoch the train shards are permuted and dealt round-robin to all
+readers of all ranks, so no two readers (and no two ranks) read the same shard in an epoch and
+together they read all of them. With fewer shards than readers each reader draws one shard per
+epoch at random, with replacement. Either way every rank's stream is endless, so all ranks yield
+equal batch counts.
 """
 
 from __future__ import annotations
@@ -31,42 +35,42 @@ import numpy as np
 import torch
 
 from ganpaint.config import DataConfig
-from ganpaint.data.batches import ErrorCount, fill_batches, read_samples, shuffle
-from ganpaint.data.decode import centre_square, decode_reduction, random_square
-from ganpaint.data.manifest import check_split, read_manifest, split_paths
+from ganpaint.data.batches import (
+    ErrorCount,
+    Lookahead,
+    fill_batches,
+    positioned_batch,
+    read_samples,
+    reader_samples,
+)
+from ganpaint.data.captions import CaptionTokens, load_tokenizer
+from ganpaint.data.decode import (
+    centre_square,
+    decode_reduction,
+    random_square,
+    scaled_centre_square,
+)
+from ganpaint.data.manifest import check_split, read_manifest, split_shards
+from ganpaint.data.order import ReaderPlan, seed_words
 from ganpaint.data.packing import MANIFEST
 from ganpaint.errors import UserError
 
-__all__ = ["read_manifest", "train_loader", "iterate_split", "val_batch", "epoch_shards"]
+__all__ = [
+    "read_manifest",
+    "train_loader",
+    "iterate_split",
+    "held_out_split",
+    "val_batch",
+]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # the training loop's to handle
-SHARD_ORDER, SAMPLE_ORDER = 0, 1  # first seed word: the two kinds of generator never share a stream
-
-
-def epoch_shards(
-    shard_count: int, reader: int, readers: int, seed: int, start_step: int, epoch: int
-) -> list[int]:
-    """Indices of the shards that `reader` (of `readers`) reads in `epoch`.
-
-    Disjoint across readers and complete when shard_count >= readers; otherwise one shard drawn
-    with replacement per reader and epoch.
-    """
-    if shard_count >= readers:
-        order = np.random.default_rng(_words(SHARD_ORDER, seed, start_step, epoch)).permutation(
-            shard_count
-        )
-        return order[reader::readers].tolist()
-    draw = np.random.default_rng(_words(SHARD_ORDER, seed, start_step, epoch, reader))
-    return [int(draw.integers(shard_count))]
-
-
-def _words(*values: int) -> list[int]:
-    """Seed words for numpy's SeedSequence, which takes non-negative integers only."""
-    return [value % 2**64 for value in values]
+PREFETCH_BATCHES = 2  # per worker, as DataLoader defaults: each waiting batch holds shared memory
+CROPS = 2  # first seed word of the crop generators (ganpaint/data/order.py holds 0 and 1)
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """One rank's endless stream of augmented training batches (see the module docstring)."""
+    """One rank's endless stream of augmented training batches from batch `start_batch` on (see
+    the module docstring)."""
 
     def __init__(
         self,
@@ -75,12 +79,12 @@ class TrainStream(torch.utils.data.IterableDataset):
         rank: int,
         world_size: int,
         seed: int,
-        start_step: int,
+        start_batch: int,
         counted: bool = False,
     ):
         manifest = read_manifest(data.shards)
-        self.paths = split_paths(manifest, data.shards, "train")
-        if not self.paths:
+        shards = split_shards(manifest, data.shards, "train")
+        if not shards:
             raise UserError(f"{Path(data.shards) / MANIFEST}: the train split holds no images")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -92,47 +96,74 @@ class TrainStream(torch.utils.data.IterableDataset):
                 f"{data.resize_max_px} for sharper crops",
                 stacklevel=3,
             )
+        self.paths = [path for path, _ in shards]
+        self.counts = [count for _, count in shards]
         self.data, self.local_batch = data, local_batch
         self.rank, self.world_size = rank, world_size
-        self.seed, self.start_step = seed, start_step
+        self.seed, self.start_batch = seed, start_batch
         self.image_key = manifest["image_key"]
         self.reduction = decode_reduction(packed_px, data.resize_max_px)
         self.readers_per_rank = max(1, data.workers)
+        self.tokenizer = load_tokenizer(data.shards) if data.captions else None
         self.counted = counted
 
-    def _shard_urls(self, reader: int) -> Iterator[str]:
-        readers = self.world_size * self.readers_per_rank
-        for epoch in itertools.count():
-            for index in epoch_shards(
-                len(self.paths), reader, readers, self.seed, self.start_step, epoch
-            ):
-                yield self.paths[index]
-
     def __iter__(self) -> Iterator:
+        """The batches (module docstring); with `counted`, (batch, samples skipped for it) pairs;
+        a ReaderFailure last if the reader gives up."""
+        errors = ErrorCount(f"{self.data.shards} (rank {self.rank})")
+        return _reported(self._batches(errors), errors, self.counted)
+
+    def _batches(self, errors: ErrorCount) -> Iterator:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
         if info is not None:  # the workers already fill the cores: OpenCV threads would fight them
             cv2.setNumThreads(1)
+        data, readers = self.data, self.readers_per_rank
+        # The loader takes its workers round-robin from its first batch on: this worker makes
+        # batches first, first + readers, ... of the rank, all from the same reader.
+        first = self.start_batch + worker
+        reader = first % readers
+        plan = ReaderPlan(
+            self.counts,
+            self.rank * readers + reader,
+            self.world_size * readers,
+            self.seed,
+            data.shuffle_buffer,
+        )
+        errors.where = f"{data.shards} (rank {self.rank}, reader {reader})"
+        start = first // readers * self.local_batch
+        samples = Lookahead(
+            reader_samples(self.paths, plan, start, self.image_key, errors, data.captions)
+        )
+        for batch_number in itertools.count(first, readers):
+            rng = np.random.default_rng(seed_words(CROPS, self.seed, self.rank, batch_number))
+            tokens_of = None
+            if self.tokenizer is not None:
+                tokens_of = CaptionTokens(self.tokenizer, data.caption_tokens, rng)
+            yield positioned_batch(
+                samples,
+                self.reduction,
+                data.image_px,
+                self.local_batch,
+                self._chooser(rng),
+                errors,
+                tokens_of,
+            )
+
+    def _chooser(self, rng: np.random.Generator):
+        """The crop (and flip) of each image of a batch, drawn from the batch's generator."""
         data = self.data
-        reader = self.rank * self.readers_per_rank + worker
-        rng = np.random.default_rng(
-            _words(SAMPLE_ORDER, self.seed, self.start_step, self.rank, worker)
-        )
-        errors = ErrorCount(f"{data.shards} (rank {self.rank}, worker {worker})")
-        samples = shuffle(
-            read_samples(self._shard_urls(reader), self.image_key, errors), data.shuffle_buffer, rng
-        )
 
         def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
-            square = random_square(
-                height, width, data.image_px, data.resize_min_px, data.resize_max_px, rng
-            )
+            if data.crop == "centre":
+                square = scaled_centre_square(height, width, data.image_px, data.resize_min_px)
+            else:
+                square = random_square(
+                    height, width, data.image_px, data.resize_min_px, data.resize_max_px, rng
+                )
             return square, bool(data.hflip and rng.random() < 0.5)
 
-        batches = fill_batches(
-            samples, self.reduction, data.image_px, self.local_batch, choose, errors
-        )
-        return _reported(batches, errors, self.counted)
+        return choose
 
 
 @dataclass(frozen=True)
@@ -143,8 +174,8 @@ class ReaderFailure:
     message: str
 
 
-def _reported(batches: Iterator[torch.Tensor], errors: ErrorCount, counted: bool) -> Iterator:
-    """Each batch (with `counted`: a (batch, samples skipped while filling it) pair), then a
+def _reported(batches: Iterator, errors: ErrorCount, counted: bool) -> Iterator:
+    """Each batch (with `counted`: a (batch, samples skipped while making it) pair), then a
     ReaderFailure if the reader gives up."""
     skipped_before = 0
     try:
@@ -214,12 +245,18 @@ def train_loader(
     start_step: int,
     counted: bool = False,
 ) -> Iterator:
-    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank; with
-    `counted`, (batch, corrupt samples or shards skipped while filling it) pairs.
+    """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank, from
+    the stream's batch number `start_step` on (the loader's own steps: one batch each); with
+    data.captions, (images, int64 token ids [local_batch, data.caption_tokens]) pairs; with
+    `counted`, each of those as an (item, corrupt samples or shards skipped for it) pair.
 
-    data.workers DataLoader workers (0 = in this process); pinned memory when CUDA is available.
+    data.workers DataLoader workers (0 = in this process), each keeping PREFETCH_BATCHES batches
+    ready; pinned memory when CUDA is available, so the copy to the GPU can run asynchronously.
     The batch sequence is a pure function of the arguments and the manifest (module docstring).
-    A reader that gives up (too many corrupt samples in a row) raises UserError here, in one line.
+    Iterate it once per run: its workers then live as long as the run, with no restart between
+    checkpoints (DataLoader's persistent_workers only matters when a loader is iterated again).
+    A reader that gives up (too many corrupt samples in a row) raises UserError here, in one line;
+    closing the returned generator stops the workers at once.
     """
     stream = TrainStream(data, local_batch, rank, world_size, seed, start_step, counted)
     loader = torch.utils.data.DataLoader(
@@ -227,58 +264,83 @@ def train_loader(
         batch_size=None,
         num_workers=data.workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        prefetch_factor=PREFETCH_BATCHES if data.workers else None,
         worker_init_fn=_leave_stop_signals_to_the_trainer,
         # A private generator: building the loader must not advance the global torch RNG.
-        generator=torch.Generator().manual_seed(_words(seed)[0] % 2**63),
+        generator=torch.Generator().manual_seed(seed_words(seed)[0] % 2**63),
     )
     return _one_line_failures(loader)
 
 
 def iterate_split(
-    shard_dir: str | Path, split: str, image_px: int, batch_size: int, limit: int | None = None
-) -> Iterator[torch.Tensor]:
-    """The split's images in manifest order as uint8 [B, 3, image_px, image_px] RGB batches.
+    shard_dir: str | Path,
+    split: str,
+    image_px: int,
+    batch_size: int,
+    limit: int | None = None,
+    tokens_of: CaptionTokens | None = None,
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """The split's images in manifest order as uint8 [B, 3, image_px, image_px] RGB batches; with
+    `tokens_of` (rng None: each image's first caption, encoded by the model's tokenizer),
+    (images, int64 [B, tokens_of.max_tokens]) pairs.
 
     Shortest side resized to image_px, centre crop; at most `limit` images; the last batch may be
     short. Corrupt samples are skipped with a warning.
     """
     manifest = read_manifest(shard_dir)
-    paths = split_paths(manifest, shard_dir, split)
+    paths = [path for path, _ in split_shards(manifest, shard_dir, split)]
     errors = ErrorCount(f"{shard_dir} ({split})")
-    samples = read_samples(paths, manifest["image_key"], errors)
+    samples = read_samples(paths, manifest["image_key"], errors, tokens_of is not None)
     reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
 
     def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
         return centre_square(height, width), False
 
-    return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit)
+    return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit, tokens_of)
 
 
-def val_batch(data: DataConfig, count: int, split: str | None = None) -> torch.Tensor:
-    """The first `count` images of `split` (default data.val_split): uint8 [count, 3, px, px].
-
-    Deterministic: shortest side resized to data.image_px, centre crop. An empty split falls back
-    to "train" with a warning; a split with fewer images gives fewer (with a warning).
-    """
-    split = split or data.val_split
-    manifest = read_manifest(data.shards)
-    check_split(manifest, data.shards, split)  # an unknown split is an error, not a fallback
-    if not manifest["splits"][split]["count"]:
-        warnings.warn(
-            f"{data.shards}: split {split!r} is empty; validating on 'train' images", stacklevel=2
-        )
-        split = "train"
-    batches = list(iterate_split(data.shards, split, data.image_px, max(count, 1), limit=count))
-    images = (
-        torch.cat(batches)
-        if batches
-        else torch.empty((0, 3, data.image_px, data.image_px), dtype=torch.uint8)
+def held_out_split(shard_dir: str | Path, preferred: str) -> str:
+    """`preferred` if it holds images, else the first of val, test that does, else train (with a
+    warning: scores on training images flatter the model)."""
+    manifest = read_manifest(shard_dir)
+    check_split(manifest, shard_dir, preferred)  # an unknown split is an error, not a fallback
+    counts = {name: entry["count"] for name, entry in manifest["splits"].items()}
+    for split in (preferred, "val", "test"):
+        if counts.get(split):
+            return split
+    warnings.warn(
+        f"{shard_dir}: no held-out images (val and test are empty); using 'train' images",
+        stacklevel=2,
     )
+    return "train"
+
+
+def val_batch(
+    data: DataConfig, count: int, split: str | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` images of `split` (default: data.val_split, or the held-out split that
+    has images): uint8 [count, 3, px, px]; with data.captions, (images, token ids [count,
+    data.caption_tokens] of their first captions).
+
+    Deterministic: shortest side resized to data.image_px, centre crop. A split with fewer images
+    gives fewer (with a warning).
+    """
+    split = split or held_out_split(data.shards, data.val_split)
+    tokens_of = None
+    if data.captions:
+        tokens_of = CaptionTokens(load_tokenizer(data.shards), data.caption_tokens)
+    pairs = list(iterate_split(data.shards, split, data.image_px, max(count, 1), count, tokens_of))
+    tokens = data.caption_tokens if data.captions else 0
+    if not tokens:
+        pairs = [(batch, batch.new_zeros((len(batch), 0), dtype=torch.int64)) for batch in pairs]
+    images = torch.empty((0, 3, data.image_px, data.image_px), dtype=torch.uint8)
+    token_ids = torch.zeros((0, tokens), dtype=torch.int64)
+    if pairs:
+        images, token_ids = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     if len(images) < count:
         warnings.warn(
             f"{data.shards}: split {split!r} has {len(images)} images, fewer than the "
             f"{count} asked for",
             stacklevel=2,
         )
-    return images
+    return (images, token_ids) if tokens else images

@@ -5,7 +5,9 @@ the holes are drawn once from the run's mask settings (kind from --masks, seeded
 saved as a bool tensor (`holes-<masks>-<px>px-<count>-seed<seed>.pt` beside the --json file, or in
 RUN_DIR/eval/), so every model evaluated into the same folder is judged on the same holes.
 Holes are drawn on the CPU so that a seed gives the same set on any machine. Each figure is
-reported for the model and for both baselines on the same images and holes.
+reported for the model and for both baselines on the same images and holes. A caption model is
+scored twice: with each image's first caption, and with the next image's ("model, shuffled
+caption"), so that the table shows what the text adds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ from ganpaint.files import atomic_path, write_text_atomically
 from ganpaint.models import Family
 
 METHODS = ("model", "mean_fill", "telea")
+SHUFFLED_CAPTION = "model_shuffled_caption"  # caption families: the model given another caption
 BRUSH_PRESETS = ("thin", "medium", "thick")
 HOLE_CHUNK = 64  # holes are drawn in fixed chunks so the set does not depend on --batch-size
 PREVIEW_IMAGES = 8
@@ -100,35 +103,61 @@ def load_or_draw_hole_set(
     return holes, False
 
 
+def _with_shuffled_captions(
+    batches: Iterable, captions: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+    """(images, tokens, shuffled tokens) per batch. Shuffled: every image gets the caption of the
+    next image of the set (the last image the first's); the set is read whole first."""
+    if not captions:
+        yield from ((batch, None, None) for batch in batches)
+        return
+    pairs = list(batches)
+    if not pairs:
+        return
+    shuffled = torch.cat([tokens for _, tokens in pairs]).roll(-1, 0)
+    parts = shuffled.split([len(tokens) for _, tokens in pairs])
+    for (images, tokens), other in zip(pairs, parts, strict=True):
+        yield images, tokens, other
+
+
+def _complete(exported: Exported, images, hole_mask, tokens, device) -> torch.Tensor:
+    tokens = None if tokens is None else tokens.to(device)
+    with torch.no_grad():
+        return exported.complete(images, hole_mask, tokens)[1].clamp(0, 1)
+
+
 def evaluate(
     exported: Exported,
     mean_rgb: torch.Tensor,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable,
     holes: torch.Tensor,
     device: torch.device,
     extractor: FeatureExtractor | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Fill every hole with the model and the baselines; score them against the originals.
 
-    batches: uint8 [B, 3, H, W] images, consumed in order; holes: bool [>= total, 1, H, W].
-    Returns ({method: summary}, preview) where summary holds the metric means, per-bucket means
-    and, with an extractor, fid / kid / kid_std; preview [4 * k, 3, H, W] is original | model
-    input | model | telea for the first k images.
+    batches: uint8 [B, 3, H, W] images (caption families: (images, token ids [B, T]) pairs),
+    consumed in order; holes: bool [>= total, 1, H, W]. Returns ({method: summary}, preview) where
+    summary holds the metric means, per-bucket means and, with an extractor, fid / kid / kid_std;
+    preview [4 * k, 3, H, W] is original | model input | model | telea for the first k images.
     """
-    per_image = {method: defaultdict(list) for method in METHODS}
+    captions = exported.family.captions
+    methods = METHODS + ((SHUFFLED_CAPTION,) if captions else ())
+    per_image = {method: defaultdict(list) for method in methods}
     features = defaultdict(list)
     buckets, preview, start = [], None, 0
-    for batch in batches:
+    for batch, tokens, shuffled in _with_shuffled_captions(batches, captions):
         images = batch.to(device).float() / 255
         hole_mask = holes[start : start + len(batch)].to(device).float()
         start += len(batch)
-        with torch.no_grad():
-            completed = exported.complete(images, hole_mask)[1].clamp(0, 1)
+        completed = _complete(exported, images, hole_mask, tokens, device)
         filled = {
             "model": completed,
             "mean_fill": mean_fill(images, hole_mask, mean_rgb),
             "telea": telea_fill(images, hole_mask),
         }
+        if shuffled is not None:
+            filled[SHUFFLED_CAPTION] = _complete(exported, images, hole_mask, shuffled, device)
         for method, result in filled.items():
             for name, values in image_metrics(result, images, hole_mask).items():
                 per_image[method][name].append(values)
@@ -145,12 +174,12 @@ def evaluate(
         raise UserError("no images to evaluate")
     all_buckets = torch.cat(buckets)
     results = {}
-    for method in METHODS:
+    for method in methods:
         values = {name: torch.cat(parts) for name, parts in per_image[method].items()}
         results[method] = summarize(values, all_buckets)
     if extractor is not None:
         real = torch.cat(features["real"])
-        for method in METHODS:
+        for method in methods:
             fake = torch.cat(features[method])
             kid, kid_std = kernel_inception_distance(real, fake)
             results[method] |= {"fid": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std}
@@ -185,7 +214,8 @@ def eval_command(
     device: str,
 ) -> int:
     """Score RUN's exported generator on `count` images of SHARDS/split; table, JSON, TensorBoard."""
-    from ganpaint.data.stream import iterate_split, read_manifest
+    from ganpaint.data.captions import CaptionTokens
+    from ganpaint.data.stream import held_out_split, iterate_split, read_manifest
 
     _check_inputs(run, shards, count, batch_size, inception)
     torch_device = resolve_device(device)
@@ -195,11 +225,18 @@ def eval_command(
     extractor = load_inception(inception, torch_device) if inception else None
     mean_rgb = torch.tensor(read_manifest(shards)["mean_rgb"], dtype=torch.float32)
     mask_config, mask_name = eval_masks(config.masks, masks, exported.family)
-    folder = Path(json_out).parent if json_out else Path(run) / "eval"
+    wanted = split
+    split = held_out_split(shards, split)
+    if split != wanted:
+        print(f"note: split {wanted!r} of {shards} is empty: scoring split {split!r}")
+    folder = Path(run) / "eval"  # beside the run, wherever the command is run from
     holes_path = folder / f"holes-{mask_name}-{image_px}px-{count}-seed{seed}.pt"
     holes, reused = load_or_draw_hole_set(holes_path, mask_config, count, image_px, seed)
     print(f"holes: {'reused' if reused else 'saved'} {holes_path}")
-    batches = iterate_split(shards, split, image_px, batch_size, limit=count)
+    tokens_of = None
+    if exported.family.captions:  # the images' first captions, by the model's own tokenizer
+        tokens_of = CaptionTokens(exported.tokenizer, config.data.caption_tokens)
+    batches = iterate_split(shards, split, image_px, batch_size, count, tokens_of)
     results, preview = evaluate(exported, mean_rgb, batches, holes, torch_device, extractor)
     evaluated = results["model"]["buckets"]
     image_count = sum(bucket["count"] for bucket in evaluated.values())
@@ -222,8 +259,11 @@ def eval_command(
     if extractor is None:
         print(FID_HINT)
     write_tensorboard(Path(run) / "tb", report, preview)
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(json_out, json.dumps(report, indent=2) + "\n")
-        print(f"results: {json_out}")
+    text = json.dumps(report, indent=2) + "\n"
+    for path in filter(
+        None, (folder / f"results-{mask_name}-{split}-{count}-seed{seed}.json", json_out)
+    ):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, text)
+        print(f"results: {path}")
     return 0

@@ -1,4 +1,4 @@
-"""FID and KID: Inception pool3 features from a local weights file, Fréchet distance, polynomial MMD.
+"""FID and KID: Inception pool3 features from a local weights file; the distances by torchmetrics.
 
 Nothing is downloaded: the user passes a local inception_v3 weights file (torchvision's
 `inception_v3_google-*.pth`, or pytorch-fid's `pt_inception-2015-12-05-*.pth`, or either as
@@ -11,10 +11,10 @@ is close to, not identical with, the numbers papers report.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
@@ -81,38 +81,30 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Feat
     return extract
 
 
+class _Precomputed(nn.Module):
+    """torchmetrics' "feature extractor" for features we already extracted: the identity.
+
+    Each image set goes through the (slow) Inception net once in `evaluate`; the real images'
+    features then serve every method's FID and KID.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two [N, D] feature sets (N >= 2)."""
-    from scipy import linalg
+    """FID's ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two [N, D] feature sets
+    (N >= 2), computed by torchmetrics."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
-    a = features_a.double().cpu().numpy()
-    b = features_b.double().cpu().numpy()
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():
-        # Near-singular products (few samples, D = 2048): regularise as the FID reference code does.
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    root = root.real  # rounding leaves tiny imaginary parts
-    distance = (
-        np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root)
-    )
-    return float(distance)
-
-
-def _unbiased_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD^2 with the kernel k(u, v) = (u.v / D + 1)^3, x and y [M, D]."""
-    size, dims = x.shape
-    k_xx = (x @ x.T / dims + 1) ** 3
-    k_yy = (y @ y.T / dims + 1) ** 3
-    k_xy = (x @ y.T / dims + 1) ** 3
-    off_diagonal = size * (size - 1)
-    within = (
-        k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()
-    ) / off_diagonal
-    return within - 2 * k_xy.mean()
+    metric = FrechetInceptionDistance(feature=_Precomputed(features_a.shape[1]))
+    metric.update(features_a.double().cpu(), real=True)
+    metric.update(features_b.double().cpu(), real=False)
+    return float(metric.compute())
 
 
 def kernel_inception_distance(
@@ -122,22 +114,25 @@ def kernel_inception_distance(
     subsets: int = KID_SUBSETS,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """KID (Binkowski et al. 2018): mean and std of the unbiased polynomial MMD^2 over subsets.
+    """KID (Binkowski et al. 2018), computed by torchmetrics: mean and std of the unbiased
+    polynomial MMD^2, k(u, v) = (u.v / D + 1)^3, over random subsets drawn from `seed`.
 
     Features [N, D] (N >= 2). When both sets fit in one subset, it is computed once on all of them.
     """
-    a, b = features_a.double(), features_b.double()
-    size = min(subset_size, len(a), len(b))
-    if size == len(a) == len(b):
-        return float(_unbiased_mmd2(a, b)), 0.0
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.stack(
-        [
-            _unbiased_mmd2(
-                a[torch.randperm(len(a), generator=generator)[:size].to(a.device)],
-                b[torch.randperm(len(b), generator=generator)[:size].to(b.device)],
-            )
-            for _ in range(subsets)
-        ]
-    )
-    return float(values.mean()), float(values.std())
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(features_a), len(features_b))
+    whole = size == len(features_a) == len(features_b)
+    with warnings.catch_warnings():  # "will save all extracted features": that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(
+            feature=_Precomputed(features_a.shape[1]),
+            subsets=1 if whole else subsets,
+            subset_size=size,
+        )
+    metric.update(features_a.double().cpu(), real=True)
+    metric.update(features_b.double().cpu(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # torchmetrics draws the subsets from the global generator
+        mean, std = metric.compute()
+    return float(mean), 0.0 if whole else float(std)

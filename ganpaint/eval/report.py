@@ -6,7 +6,12 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = {"model": "model", "mean_fill": "mean fill", "telea": "Telea"}
+COLUMNS = {
+    "model": "model",
+    "model_shuffled_caption": "model, shuffled caption",  # caption families only
+    "mean_fill": "mean fill",
+    "telea": "Telea",
+}
 ROWS = {  # summary key -> (label, format)
     "hole_psnr": ("hole PSNR (dB) ↑", "{:.2f}"),
     "hole_ssim": ("hole SSIM ↑", "{:.4f}"),
@@ -42,15 +47,16 @@ def print_table(report: dict) -> None:
     )
     table = Table(title=title)
     table.add_column("metric")
-    for label in COLUMNS.values():
-        table.add_column(label, justify="right")
+    methods = [method for method in COLUMNS if method in results]
+    for method in methods:
+        table.add_column(COLUMNS[method], justify="right")
     for key, (label, pattern) in ROWS.items():
         if key in results["model"]:
-            table.add_row(label, *(pattern.format(results[method][key]) for method in COLUMNS))
+            table.add_row(label, *(pattern.format(results[method][key]) for method in methods))
     for bucket, values in results["model"]["buckets"].items():
         for key in BUCKET_ROWS:
             label, pattern = ROWS[key]
-            cells = (pattern.format(results[method]["buckets"][bucket][key]) for method in COLUMNS)
+            cells = (pattern.format(results[method]["buckets"][bucket][key]) for method in methods)
             table.add_row(f"{label}, hole {bucket} (n={values['count']})", *cells)
     Console().print(table)
 

@@ -5,8 +5,10 @@ Departures from the paper, all deliberate:
   the 128 px CelebA/ImageNet version released by the authors, which ganpaint follows, uses a 4x4
   valid convolution to a 4000-channel 1x1 bottleneck (a full FC over the 4x4x512 map), BN,
   LeakyReLU, then a 4x4 transposed conv back to 4x4. The bottleneck scales with width (500 at 8).
-- The net predicts exactly the 64x64 centre hole (the paper predicts a region 4 px wider and weights
-  the overlap 10x in the loss); the reconstruction loss covers the hole only.
+- Overlap: the paper's hole is 4 px smaller than the 64x64 region the net predicts, and the
+  reconstruction loss weights that band of context 10x (`loss.overlap_px`, `loss.overlap_weight`,
+  `losses.overlap_mse`; the CelebA preset's default). With overlap_px 0 the hole is the whole
+  predicted square and the loss covers the hole only.
 - Output: (tanh + 1) / 2, the paper's tanh mapped to ganpaint's [0, 1]; the input is likewise mapped
   to the paper's [-1, 1] inside forward.
 - hole_mask is ignored, as in the paper: the encoder sees only the image with the centre filled.

@@ -64,6 +64,9 @@ class Family:
       pastes into the image; the hole is that square.
     - judges_whole_image: the discriminator takes (image, local_patch); else the local patch
       alone (inpainting) or the image alone (generation).
+    - captions: both nets also take the token ids of each image's caption, tokens [N, T] int64
+      (the generator after hole_mask, the discriminator last); the data stream yields them
+      (data.captions) and `ganpaint inpaint --caption` encodes the user's text.
     - phases: in training order; `check(config)` raises ConfigError for geometry the nets cannot
       take (the shared rules, hole <= local area <= image, are applied to every inpainting family).
     """
@@ -75,14 +78,19 @@ class Family:
     inpaints: bool = True
     predicts_center: bool = False
     judges_whole_image: bool = False
+    captions: bool = False
     check: ConfigCheck = no_rules
 
     def judge_inputs(
-        self, images: torch.Tensor, local_patch: torch.Tensor | None
+        self,
+        images: torch.Tensor,
+        local_patch: torch.Tensor | None,
+        tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """What the discriminator is called with, for images and their local patches."""
+        """What the discriminator is called with, for images, their local patches (and captions)."""
+        captions = (tokens,) if self.captions else ()
         if not self.inpaints:
-            return (images,)
+            return (images, *captions)
         if self.judges_whole_image:
-            return (images, local_patch)
-        return (local_patch,)
+            return (images, local_patch, *captions)
+        return (local_patch, *captions)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 PAPER_WIDTH = 64  # every table below is written at the papers' base width
@@ -175,9 +175,22 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def plain_module(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP, DeepSpeed and torch.compile wrappers, in either order."""
-    inner = extract_model_from_parallel(model)
-    return getattr(inner, "_orig_mod", inner)
+    """The user's module inside DDP, DeepSpeed and torch.compile wrappers, in any order.
+
+    Written out rather than accelerate's `extract_model_from_parallel`, which imports DeepSpeed
+    (and prints its accelerator banner) in every run where it is installed.
+    """
+    deepspeed = sys.modules.get("deepspeed")  # only a run that uses DeepSpeed has imported it
+    wrappers: tuple[type, ...] = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    if deepspeed is not None:
+        wrappers += (deepspeed.DeepSpeedEngine,)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,13 +1,14 @@
 """The family registry: every model family's declaration, in one table, and the lookups on it.
 
-| family          | generator(...) -> output                                    | discriminator(...) -> [N]      |
-|-----------------|-------------------------------------------------------------|--------------------------------|
-| glcic           | (image_filled [N,3,H,W], hole_mask [N,1,H,W]) -> [N,3,H,W]  | (image, local_patch [N,3,L,L]) |
-| context_encoder | (image_filled [N,3,S,S], hole_mask) -> centre [N,3,S/2,S/2] | (centre patch) logits          |
-| wgan_unet       | (image_filled [N,3,S,S], hole_mask) -> centre [N,3,S/2,S/2] | (centre patch) critic scores   |
-| dcgan           | (z [N, latent_dim]) -> [N,3,64,64]                          | (image [N,3,64,64]) logits     |
+| family            | generator(...) -> output                                    | discriminator(...) -> [N]      |
+|-------------------|-------------------------------------------------------------|--------------------------------|
+| glcic             | (image_filled [N,3,H,W], hole_mask [N,1,H,W]) -> [N,3,H,W]  | (image, local_patch [N,3,L,L]) |
+| context_encoder   | (image_filled [N,3,S,S], hole_mask) -> centre [N,3,S/2,S/2] | (centre patch) logits          |
+| wgan_unet         | (image_filled [N,3,S,S], hole_mask) -> centre [N,3,S/2,S/2] | (centre patch) critic scores   |
+| wgan_unet_caption | (image_filled, hole_mask, tokens [N,T]) -> centre           | (centre patch, tokens) scores  |
+| dcgan             | (z [N, latent_dim]) -> [N,3,64,64]                          | (image [N,3,64,64]) logits     |
 
-Images are float RGB in [0, 1]; hole_mask is 1 in the hole. To add a family: write its nets in a
+Images are float RGB in [0, 1]; hole_mask is 1 in the hole; tokens are a caption's word ids. To add a family: write its nets in a
 module of ganpaint/models/, declare a `Family` for it below (or `register(...)` it from your own
 code), and add a preset in configs/. Nothing else in ganpaint names a family.
 """
@@ -19,12 +20,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from ganpaint.errors import UserError
+from ganpaint.models.caption import CaptionCritic, CaptionUNet
 from ganpaint.models.context_encoder import ContextEncoder
 from ganpaint.models.dcgan import DCGANGenerator
 from ganpaint.models.family import Family, Nets, PhasePlan, StepKind
 from ganpaint.models.glcic import CompletionNet, GLCICDiscriminator
 from ganpaint.models.layers import StridedDiscriminator
-from ganpaint.models.wgan_unet import WGANUNet
+from ganpaint.models.wgan_unet import WGANCritic, WGANUNet
 
 if TYPE_CHECKING:
     from ganpaint.config import ModelConfig, TrainConfig
@@ -74,13 +76,20 @@ def example_inputs(
         return torch.rand(*shape, generator=generator, device=device)
 
     image = rand(batch, 3, image_px, image_px)
+    tokens = None
+    if family.captions:  # a caption of 12 words drawn from the vocabulary
+        tokens = torch.randint(
+            2, model.vocabulary_size, (batch, 12), generator=generator, device=device
+        )
     if not family.inpaints:
         z = torch.randn(batch, model.latent_dim, generator=generator, device=device)
-        return (z,), family.judge_inputs(image, None)
+        return (z,), family.judge_inputs(image, None, tokens)
     hole_mask = torch.zeros(batch, 1, image_px, image_px, device=device)
     start = (image_px - local_px) // 2
     hole_mask[..., start : start + local_px, start : start + local_px] = 1
-    return (image, hole_mask), family.judge_inputs(image, rand(batch, 3, local_px, local_px))
+    patch = rand(batch, 3, local_px, local_px)
+    captions = (tokens,) if family.captions else ()
+    return (image, hole_mask, *captions), family.judge_inputs(image, patch, tokens)
 
 
 # Geometry rules, each raising ConfigError with the key to change.
@@ -100,14 +109,17 @@ def _glcic_rules(config: TrainConfig) -> None:
 
 
 def _centre_rules(config: TrainConfig) -> None:
-    """Centre-square predictors: the hole is the centre half of the image, fixed."""
+    """Centre-square predictors: the net predicts the centre half of the image (local_px), the
+    hole is that square, or that square less a band of loss.overlap_px (Context Encoders)."""
     masks, image_px, family = config.masks, config.data.image_px, config.model.family
+    overlap_px = config.loss.overlap_px
     if masks.kind != "center":
         raise _config_error(f"config key 'masks.kind': {family} predicts the centre; use 'center'")
-    if masks.local_px * 2 != image_px or masks.hole_max_px != masks.local_px:
+    if masks.local_px * 2 != image_px or masks.hole_max_px != masks.local_px - 2 * overlap_px:
         raise _config_error(
-            f"config key 'masks.local_px': {family} needs local_px = hole_max_px = image_px / 2, "
-            f"got local_px={masks.local_px}, image_px={image_px}"
+            f"config key 'masks.local_px': {family} needs local_px = image_px / 2 = "
+            f"hole_max_px + 2 * loss.overlap_px, got local_px={masks.local_px}, "
+            f"image_px={image_px}, hole_max_px={masks.hole_max_px}, overlap_px={overlap_px}"
         )
 
 
@@ -156,10 +168,24 @@ register(
         name="wgan_unet",
         summary="64 px COCO centre-hole U-Net with a weight-clipped WGAN critic",
         build=lambda model, image_px, local_px: Nets(
-            WGANUNet(image_px, model.width), StridedDiscriminator(local_px, model.disc_width)
+            WGANUNet(image_px, model.width), WGANCritic(local_px, model.disc_width)
         ),
         phases=(PhasePlan("joint", StepKind.CRITIC),),
         predicts_center=True,
+        check=_centre_rules,
+    )
+)
+register(
+    Family(
+        name="wgan_unet_caption",
+        summary="wgan_unet conditioned on COCO captions (text encoder trained from scratch)",
+        build=lambda model, image_px, local_px: Nets(
+            CaptionUNet(image_px, model.width, model.vocabulary_size),
+            CaptionCritic(local_px, model.disc_width, model.vocabulary_size),
+        ),
+        phases=(PhasePlan("joint", StepKind.CRITIC),),
+        predicts_center=True,
+        captions=True,
         check=_centre_rules,
     )
 )

@@ -18,7 +18,12 @@ from ganpaint.models.layers import evaluating
 LAYER_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 PROBE_WIDTH = 1  # the receptive field depends on kernels, strides and dilations, not on width
 MAX_PROBE_PX = 1024  # GLCIC's 303 px field needs a 512 px probe
-HEADERS = {"dilation": "dil", "out_channels": "out ch", "output_shape": "output"}
+HEADERS = {
+    "dilation": "dil",
+    "out_channels": "out ch",
+    "input_shape": "input",
+    "output_shape": "output",
+}
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -97,10 +102,11 @@ def receptive_field(generator: nn.Module, image_px: int) -> int:
 
 
 def layer_table(module: nn.Module, *inputs: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per convolution / linear layer, in call order, with its output shape (no batch)."""
+    """One row per convolution / linear layer, in call order, with its input and output shapes (no
+    batch): an input wider than the previous output shows a skip connection's concatenation."""
     rows: list[dict[str, Any]] = []
 
-    def record(name: str, layer: nn.Module, output: torch.Tensor) -> None:
+    def record(name: str, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         convolution = not isinstance(layer, nn.Linear)
         rows.append(
             {
@@ -112,12 +118,15 @@ def layer_table(module: nn.Module, *inputs: torch.Tensor) -> list[dict[str, Any]
                 "stride": layer.stride[0] if convolution else None,
                 "dilation": layer.dilation[0] if convolution else None,
                 "out_channels": layer.out_channels if convolution else layer.out_features,
+                "input_shape": list(inputs[0].shape[1:]),
                 "output_shape": list(output.shape[1:]),
             }
         )
 
     handles = [
-        layer.register_forward_hook(lambda layer, _, output, name=name: record(name, layer, output))
+        layer.register_forward_hook(
+            lambda layer, inputs, output, name=name: record(name, layer, inputs, output)
+        )
         for name, layer in module.named_modules()
         if isinstance(layer, LAYER_TYPES)
     ]
@@ -181,7 +190,16 @@ def _print_rich(summary: dict[str, Any]) -> None:
         f"[bold]{summary['family']}[/bold]  image {summary['image_px']} px, "
         f"local {summary['local_px']} px"
     )
-    columns = ("name", "kind", "kernel", "stride", "dilation", "out_channels", "output_shape")
+    columns = (
+        "name",
+        "kind",
+        "kernel",
+        "stride",
+        "dilation",
+        "out_channels",
+        "input_shape",
+        "output_shape",
+    )
     for name, network in summary["networks"].items():
         table = Table(title=f"{name}: {network['class']}", title_justify="left", box=box.SIMPLE)
         for column in columns:
@@ -191,8 +209,8 @@ def _print_rich(summary: dict[str, Any]) -> None:
                 justify="left" if column in ("name", "kind") else "right",
             )
         for layer in network["layers"]:
-            shape = "x".join(map(str, layer["output_shape"]))
-            cells = [layer[column] for column in columns[:-1]] + [shape]
+            shapes = ["x".join(map(str, layer[column])) for column in columns[-2:]]
+            cells = [layer[column] for column in columns[:-2]] + shapes
             table.add_row(*("" if cell is None else str(cell) for cell in cells))
         console.print(table)
         line = (

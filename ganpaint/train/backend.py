@@ -5,7 +5,8 @@ process) and `DeepSpeedBackend` (ganpaint/train/deepspeed.py, one ZeRO engine pe
 functions, the checkpoint module and the loop call these methods and never ask which one runs.
 
 `TrainState` is what training changes: the prepared nets and optimisers and the run's health
-counters. What stays fixed during a run (loss weights, geometry, hole fill) is `steps.StepSettings`.
+counters (ganpaint/train/guard.py, kept on the device). What stays fixed during a run (loss
+weights, geometry, hole fill) is `steps.StepSettings`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import ClassVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, extract_model_from_parallel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -27,26 +28,15 @@ from ganpaint import losses
 from ganpaint.config import RunConfig, TrainConfig
 from ganpaint.models import Nets
 from ganpaint.models.layers import cpu_state_dict, plain_module
+from ganpaint.train.guard import Health, guarded_step, place_for_device_steps
 from ganpaint.train.integrity import CheckpointDamaged, describe
 
 Losses = dict[str, torch.Tensor]
-NET_NAMES = ("generator", "discriminator")
 
 
 def accelerate_precision(run: RunConfig) -> str:
     """accelerate's name for run.mixed_precision ("no" for fp32)."""
     return "no" if run.mixed_precision == "fp32" else run.mixed_precision
-
-
-@dataclass
-class Health:
-    """Non-finite losses seen so far: updates skipped in all, in a row, and the last culprit; and
-    the corrupt samples or shards this rank's loader skipped (kept in checkpoints)."""
-
-    skipped: int = 0
-    in_a_row: int = 0
-    last_bad: str = ""
-    corrupt_samples: int = 0
 
 
 @dataclass
@@ -62,7 +52,8 @@ class TrainState:
 
     def __post_init__(self) -> None:
         # Called without DDP hooks when the generator is judged: no gradient all-reduce for D.
-        self.plain_discriminator = plain_module(self.discriminator)
+        # Unwrapped from DDP or DeepSpeed only, so a compiled D stays compiled there too.
+        self.plain_discriminator = extract_model_from_parallel(self.discriminator)
 
     @property
     def accelerator(self) -> Accelerator:
@@ -85,6 +76,8 @@ class Backend(abc.ABC):
     label: ClassVar[str]  # for messages
     # DeepSpeed broadcasts and flattens parameters as bytes: they must stay contiguous.
     channels_last_parameters: ClassVar[bool] = True
+    # run.compile is honoured (on CUDA); an engine whose wrapping is untested with it trains eagerly.
+    compiles_nets: ClassVar[bool] = True
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
@@ -106,9 +99,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def apply_update(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
-    ) -> bool:
-        """Step the optimiser on the accumulated gradients unless they are non-finite (on any
-        rank); clear them. True if the update was applied."""
+    ) -> torch.Tensor:
+        """Step the optimiser on the accumulated gradients unless `loss` is non-finite (on any
+        rank); clear them. Returns a bool tensor on the device: True if the update was applied."""
 
     @abc.abstractmethod
     def clamp_(self, model: nn.Module, limit: float) -> None:
@@ -140,25 +133,30 @@ def _naming(file_name: str) -> Iterator[None]:
 
 class DDPBackend(Backend):
     """accelerate's DDP (or one plain process): autocast, no_sync while accumulating, and a
-    non-finite guard that every rank agrees on before an optimiser steps."""
+    non-finite guard that every rank agrees on, decided on the device (no host sync)."""
 
     name, label = "ddp", "DDP"
 
     @classmethod
-    def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:
+    def make_accelerator(cls, run: RunConfig, use_cpu: bool, trackers: list[str]) -> Accelerator:
         # broadcast_buffers: BN running statistics follow rank 0 (the DDP default), so every rank
         # validates and exports the same net; run.sync_batchnorm makes the batch statistics global.
         return Accelerator(
             cpu=use_cpu,
             mixed_precision=accelerate_precision(run),
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=True)],
+            log_with=trackers or None,
+            project_dir=run.dir,
         )
 
     def prepare(
         self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
     ) -> TrainState:
         prepared = self.accelerator.prepare(nets.generator, nets.discriminator, *optimizers)
-        return TrainState(self, *prepared)
+        state = TrainState(self, *prepared)
+        for optimizer in state.optimizers().values():
+            place_for_device_steps(optimizer, self.accelerator.device)
+        return state
 
     def forward_backward(
         self, model: nn.Module, loss_fn: Callable[[], Losses], scale: float, last: bool
@@ -172,19 +170,19 @@ class DDPBackend(Backend):
 
     def apply_update(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
-    ) -> bool:
+    ) -> torch.Tensor:
         finite = self._all_finite(loss)
-        if finite:
-            optimizer.step()
+        guarded_step(optimizer, finite)
         optimizer.zero_grad(set_to_none=True)
         return finite
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        # The one host sync of a step: every rank must take the same decision or DDP diverges.
+    def _all_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        # Every rank must take the same decision or DDP diverges: the flags are summed by a
+        # collective on the device, never read on the host.
         flag = torch.isfinite(loss).float().reshape(1)
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
-        return int(flag.item()) == self.accelerator.num_processes
+        return (flag == self.accelerator.num_processes).reshape(())
 
     def clamp_(self, model: nn.Module, limit: float) -> None:
         losses.clamp_weights_(plain_module(model), limit)
@@ -211,6 +209,7 @@ class DDPBackend(Backend):
             saved = torch.load(directory / "optimizers.pt", map_location="cpu", weights_only=True)
             for name, optimizer in state.optimizers().items():
                 optimizer.load_state_dict(saved[name])
+                place_for_device_steps(optimizer, self.accelerator.device)
             if self.accelerator.scaler is not None and "scaler" in saved:
                 self.accelerator.scaler.load_state_dict(saved["scaler"])
 

@@ -22,6 +22,8 @@ the next save. Resuming (every rank; rank 0 decides, the others load what it cho
   not load either.
 - if checkpoints (or damaged ones set aside earlier) exist but none is usable, the run is refused
   in one line: it never restarts from step 0 by itself.
+- a checkpoint named with `--resume-from` is checked the same way; a damaged one is refused in one
+  line and left in place.
 
 No RNG state is stored because none is needed: data order, holes and latents are drawn from
 generators seeded by (seed, rank, step), so a resumed run draws exactly what it would have.
@@ -98,11 +100,12 @@ def save(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()  # the directory exists before any rank writes into it
     facts = state.backend.save(state, tmp)
+    skipped = state.health.read().skipped
     if accelerator.is_main_process:
         record = {
             "step": step,
             "config": config_lib.to_dict(config),
-            "health": {"skipped": state.health.skipped, "corrupt_samples": corrupt_samples},
+            "health": {"skipped": skipped, "corrupt_samples": corrupt_samples},
             "backend": {"name": state.backend.name, "label": state.backend.label, **facts},
             **(extra or {}),
         }
@@ -193,7 +196,7 @@ def load(state: TrainState, path: Path) -> dict:
     except Exception as error:  # whatever a torn or altered file makes a loader raise
         raise CheckpointDamaged(describe(error)) from None
     health = saved.get("health", {})
-    state.health.skipped = health.get("skipped", 0)
+    state.health.skipped_before = health.get("skipped", 0)
     # The total over ranks is kept once, by rank 0, so that summing over ranks stays right.
     main = state.accelerator.is_main_process
     state.health.corrupt_samples = health.get("corrupt_samples", 0) if main else 0
@@ -247,11 +250,16 @@ def _newest_candidate(run_dir: Path, passed_over: list[str], notes: list[str]) -
     return -1
 
 
-def resume(state: TrainState, config: TrainConfig, run_dir: str | Path) -> tuple[int, list[str]]:
-    """Load the newest usable checkpoint of `run_dir` on every rank (module docstring).
+def resume(
+    state: TrainState, config: TrainConfig, run_dir: str | Path, chosen: Path | None = None
+) -> tuple[int, list[str]]:
+    """Load the newest usable checkpoint of `run_dir` on every rank (module docstring), or the
+    `chosen` one (`--resume-from`).
 
     Returns (step, lines for rank 0 to show); step 0 when the run has no checkpoint at all.
     """
+    if chosen is not None:
+        return _resume_chosen(state, config, Path(chosen)), []
     accelerator, run_dir = state.accelerator, Path(run_dir)
     passed_over, notes = [], []
     while True:
@@ -291,3 +299,28 @@ def resume(state: TrainState, config: TrainConfig, run_dir: str | Path) -> tuple
             "ones (or use a new run.dir) to start this run from step 0"
         )
     return 0, notes
+
+
+def _resume_chosen(state: TrainState, config: TrainConfig, path: Path) -> int:
+    """Load the checkpoint the user named, on every rank; one line refuses it if it is damaged
+    (it is left where it is: the user chose it)."""
+    accelerator = state.accelerator
+    reason = ""
+    if accelerator.is_main_process and integrity.has_record(path):
+        try:
+            integrity.verify(path)
+        except CheckpointDamaged as error:
+            reason = str(error) or "damaged"
+    if not main_process_value(accelerator, int(bool(reason))):
+        try:
+            saved = read_state(path)
+            check_compatible(saved, config, path)
+            load(state, path)
+        except CheckpointDamaged as error:
+            reason = str(error) or "damaged"
+    if sum_over_ranks(accelerator, int(bool(reason))):
+        raise UserError(
+            f"--resume-from {path}: the checkpoint is damaged ({reason or 'on another process'}): "
+            "choose another one, or leave out --resume-from to take the newest usable one"
+        )
+    return int(saved["step"])

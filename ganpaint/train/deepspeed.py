@@ -51,13 +51,13 @@ from ganpaint.config import ConfigError, RunConfig, TrainConfig, micro_batch_siz
 from ganpaint.errors import UserError
 from ganpaint.models import Nets, build_nets
 from ganpaint.train.backend import (
-    NET_NAMES,
     Backend,
     Losses,
     TrainState,
     accelerate_precision,
     plain_module,
 )
+from ganpaint.train.guard import NET_NAMES
 from ganpaint.train.integrity import CheckpointDamaged
 
 # Verified with 0.19.8; the non-finite guard relies on bf16.check_grad_overflow (recent versions).
@@ -149,7 +149,7 @@ def make_plugin(run: RunConfig) -> DeepSpeedPlugin:
     return plugin
 
 
-def make_accelerator(run: RunConfig, use_cpu: bool) -> Accelerator:
+def make_accelerator(run: RunConfig, use_cpu: bool, trackers: list[str] = ()) -> Accelerator:
     """The Accelerator with one DeepSpeed plugin per net (gloo when there is no GPU)."""
     if run.mixed_precision == "fp16":
         raise ConfigError(
@@ -182,6 +182,8 @@ def make_accelerator(run: RunConfig, use_cpu: bool) -> Accelerator:
         mixed_precision=accelerate_precision(run),
         deepspeed_plugins=plugins,
         kwargs_handlers=handlers,
+        log_with=list(trackers) or None,
+        project_dir=run.dir,
     )
 
 
@@ -284,10 +286,11 @@ class DeepSpeedBackend(Backend):
 
     name, label = "deepspeed", "DeepSpeed"
     channels_last_parameters = False
+    compiles_nets = False  # torch.compile inside DeepSpeed's engines has not been run
 
     @classmethod
-    def make_accelerator(cls, run: RunConfig, use_cpu: bool) -> Accelerator:
-        return make_accelerator(run, use_cpu)
+    def make_accelerator(cls, run: RunConfig, use_cpu: bool, trackers: list[str]) -> Accelerator:
+        return make_accelerator(run, use_cpu, trackers)
 
     def prepare(
         self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
@@ -321,9 +324,10 @@ class DeepSpeedBackend(Backend):
 
     def apply_update(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor
-    ) -> bool:
-        # The engine has stepped at the boundary, or skipped (and cleared) non-finite gradients.
-        return model.was_step_applied()
+    ) -> torch.Tensor:
+        # The engine has stepped at the boundary, or skipped (and cleared) non-finite gradients:
+        # DeepSpeed keeps its own guard, which reads its overflow flag on the host.
+        return torch.tensor(model.was_step_applied(), device=self.accelerator.device)
 
     def clamp_(self, model: nn.Module, limit: float) -> None:
         clamp_weights_(model, limit)

@@ -2,7 +2,9 @@
 
 Losses are summed on the device between ticks and read back once per `log.every_steps`, so
 logging adds no host sync to ordinary steps. The console gets a rich progress bar on a terminal
-and plain periodic lines otherwise (SLURM logs).
+(the tick's losses printed above it) and plain periodic lines otherwise (SLURM logs); both give
+the elapsed time and an ETA. A resumed run rewinds stats.jsonl and TensorBoard to its step, so
+the curves hold no duplicate steps.
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ganpaint.config import LogConfig
+from ganpaint.files import write_text_atomically
 
 
 class RunLogger:
@@ -30,21 +41,31 @@ class RunLogger:
         total_steps: int,
         start_step: int,
         device: torch.device,
+        trackers: Accelerator | None = None,
+        config_values: dict | None = None,
     ) -> None:
+        """`trackers`: an Accelerator made with accelerate's other trackers (log_with), which
+        get every tick's scalars too; `config_values` are recorded with them."""
         self.log, self.is_main, self.device = log, is_main, device
-        self.total_steps = total_steps
+        self.total_steps, self.start_step = total_steps, start_step
+        self.run_started = time.perf_counter()
         self.sums: dict[str, torch.Tensor] = {}
         self.ticks = 0
         self.images_seen = 0
         self.tick_started = time.perf_counter()
         self.console = Console(stderr=False)
         self.writer = None
+        self.trackers = trackers
         self.progress: Progress | None = None
         if not is_main:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in log.trackers:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        if trackers is not None:
+            trackers.init_trackers(run_dir.name, config=_flat(config_values or {}))
+        _rewind_stats(run_dir / "stats.jsonl", start_step)
         self.stats = (run_dir / "stats.jsonl").open("a")
         mode = log.progress
         if mode == "auto":
@@ -56,13 +77,14 @@ class RunLogger:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
-                TextColumn("{task.fields[losses]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
                 TimeRemainingColumn(),
                 console=self.console,
                 refresh_per_second=4,
             )
             self.task = self.progress.add_task(
-                "train", total=total_steps, completed=start_step, phase="", rate="", losses=""
+                "train", total=total_steps, completed=start_step, phase="", rate=""
             )
             self.progress.start()
 
@@ -93,8 +115,7 @@ class RunLogger:
         return row
 
     def _write(self, step: int, phase_name: str, row: dict, means: dict) -> None:
-        for key, value in row.items():
-            self.writer.add_scalar(key, value, step)
+        self.scalars(step, row)
         self.stats.write(
             json.dumps({"step": step, "phase": phase_name, "time": time.time(), **row}) + "\n"
         )
@@ -102,24 +123,35 @@ class RunLogger:
         losses = " ".join(f"{key} {value:.4g}" for key, value in means.items())
         rate = f"{row['perf/img_per_s']:.1f} img/s"
         if self.progress is not None:
-            self.progress.update(
-                self.task, completed=step, phase=phase_name, rate=rate, losses=losses
-            )
+            # The losses go above the bar: in the bar they would be cut at the terminal's width.
+            self.progress.console.print(f"step {step} [{phase_name}] {losses}", highlight=False)
+            self.progress.update(self.task, completed=step, phase=phase_name, rate=rate)
         elif self.mode == "plain":
             print(
                 f"step {step}/{self.total_steps} [{phase_name}] {rate} "
-                f"{row['perf/step_ms']:.0f} ms/step {losses}",
+                f"{row['perf/step_ms']:.0f} ms/step {self._timing(step)} {losses}",
                 flush=True,
             )
 
+    def _timing(self, step: int) -> str:
+        """'elapsed 0:01:05 eta 0:03:10', from this process's mean step time so far."""
+        elapsed = time.perf_counter() - self.run_started
+        done = max(step - self.start_step, 1)
+        remaining = elapsed / done * max(self.total_steps - step, 0)
+        return f"elapsed {_clock(elapsed)} eta {_clock(remaining)}"
+
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.is_main:
+        if not self.is_main:
+            return
+        if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log(values, step=step)
 
     def image_grid(self, step: int, tag: str, grid: torch.Tensor) -> None:
-        """grid: [3,H,W] float in [0,1]."""
-        if self.is_main:
+        """grid: [3,H,W] float in [0,1] (TensorBoard; the grids are also in RUN/samples/)."""
+        if self.is_main and self.writer is not None:
             self.writer.add_image(tag, grid.clamp(0, 1), step)
 
     def message(self, text: str) -> None:
@@ -131,4 +163,45 @@ class RunLogger:
             self.progress.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.is_main:
             self.stats.close()
+        if self.trackers is not None and self.is_main:
+            for tracker in self.trackers.trackers:  # not end_training: the group stays up
+                tracker.finish()
+
+
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}"
+
+
+def _rewind_stats(path: Path, start_step: int) -> None:
+    """Drop rows past `start_step` that a run stopped after its last checkpoint had written, so
+    a resumed run's stats.jsonl holds every step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) <= start_step]
+    if len(kept) != len(lines):
+        write_text_atomically(path, "".join(kept))
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return sys.maxsize  # the torn last line of a killed run: dropped with the rows past it
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, object]:
+    """A config as flat dotted keys with scalar values, which every tracker accepts."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = (
+                value if isinstance(value, int | float | str | bool) else str(value)
+            )
+    return flat

@@ -2,13 +2,15 @@
 
 Run it with `accelerate launch train.py --config configs/NAME.yaml [key=value ...]` (many
 processes) or `ganpaint train ...` (one). Running the same command again resumes from the run
-directory's newest checkpoint. SIGTERM or SIGUSR1 (SLURM's warning before the time limit) lets the
-loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
+directory's newest checkpoint. SIGTERM, SIGUSR1 (SLURM's warning before the time limit) or Ctrl-C
+lets the loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
 save a checkpoint there and return normally, so a requeued job carries on.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -19,18 +21,23 @@ from torchvision.utils import save_image
 
 from ganpaint import config as config_lib
 from ganpaint.config import TrainConfig
+from ganpaint.data.captions import training_tokenizer
 from ganpaint.data.manifest import check_split, read_manifest
 from ganpaint.errors import UserError
 from ganpaint.export import save_export
+from ganpaint.models import registry
 from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
+from ganpaint.train.backend import TrainState
 from ganpaint.train.distributed import sum_over_ranks
 from ganpaint.train.feed import DataFeed
+from ganpaint.train.guard import HealthReading
 from ganpaint.train.log import RunLogger
-from ganpaint.train.schedule import boundaries, phase_at, phases
-from ganpaint.train.setup import build_state, make_backend, step_settings
+from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
+from ganpaint.train.setup import build_state, compiles, fit_workers, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS
-from ganpaint.train.validation import load_validation_set, run_validation
+from ganpaint.train.stop import write_marker
+from ganpaint.train.validation import baseline_key, load_validation_set, run_validation
 
 
 class TrainingDiverged(UserError):
@@ -38,21 +45,33 @@ class TrainingDiverged(UserError):
 
 
 class StopSignals:
-    """Remembers SIGTERM / SIGUSR1 / SIGINT so the loop can stop at a step boundary. A second
-    Ctrl-C stops at once (KeyboardInterrupt; saves are atomic, so no checkpoint is harmed); one
-    within SECOND_PRESS_S of the first is the same press relayed (`accelerate launch` forwards it
-    to every process the terminal already signalled)."""
+    """Remembers SIGTERM / SIGUSR1 / SIGINT so the loop can stop at a step boundary.
 
+    A second Ctrl-C stops at once (KeyboardInterrupt; saves are atomic, so no checkpoint is
+    harmed); one within SECOND_PRESS_S of the first is the same press relayed (`accelerate launch`
+    forwards it to every process the terminal already signalled).
+
+    A launcher may start this process with the signals blocked (the SLURM node supervisor in
+    ganpaint/launch_plan.py does, because SLURM signals every process of a job step): entering
+    unblocks them, so one that arrived during start-up is delivered here, and leaving restores the
+    mask (and ignores the signals it held back), so one that arrives after the loop cannot kill a
+    process that has finished its work.
+    """
+
+    NUMBERS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     SECOND_PRESS_S = 1.0
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.seen: set[int] = set()
         self.previous = {}
+        self.previous_mask: set[int] = set()
         self.interrupted_at: float | None = None
 
     def __enter__(self) -> StopSignals:
-        for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for number in self.NUMBERS:
             self.previous[number] = signal.signal(number, self._handle)
+        self.previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, self.NUMBERS)
         return self
 
     def _handle(self, number: int, frame) -> None:
@@ -63,10 +82,16 @@ class StopSignals:
             elif now - self.interrupted_at >= self.SECOND_PRESS_S:
                 signal.default_int_handler(number, frame)  # raises KeyboardInterrupt
         self.received = number
+        self.seen.add(number)
 
     def __exit__(self, *exc) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.previous_mask)
         for number, handler in self.previous.items():
-            signal.signal(number, handler)
+            # A signal the launcher held back stays harmless after the loop as well: threads
+            # started meanwhile do not block it, and its default action would end the process
+            # in the middle of its exit barrier.
+            held_back = number in self.previous_mask
+            signal.signal(number, signal.SIG_IGN if held_back else handler)
 
 
 def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
@@ -81,6 +106,36 @@ def _check_run_dir(run_dir: Path) -> None:
             raise UserError(f"run.dir: {path} exists and is not a directory")
 
 
+def _settings_changes(config: TrainConfig, run_dir: Path) -> dict:
+    """What this command changes in the run's saved config.yaml: refused (one line) for the model
+    and the data, returned for the rest (recorded by the caller)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return {}
+    saved = config_lib.load(saved_path, [f"run.dir={config.run.dir}"])
+    changes = config_lib.differences(saved, config)
+    fixed = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, (old, new) in changes.items()
+        if config_lib.fixed_for_a_run(key)
+    ]
+    if fixed:
+        raise UserError(
+            f"{saved_path} trains another model or on other data ({'; '.join(fixed)}): "
+            f"continue the run with `--resume {run_dir}` (its saved config) or use a new run.dir"
+        )
+    return changes
+
+
+def _record_changes(run_dir: Path, step: int, changes: dict, logger: RunLogger) -> None:
+    if not changes:
+        return
+    text = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+    logger.message(f"continuing {run_dir} at step {step} with changed settings: {text}")
+    with (run_dir / "config_changes.jsonl").open("a") as record:
+        record.write(json.dumps({"step": step, "changes": changes}) + "\n")
+
+
 def _agree(accelerator: Accelerator, flag: bool) -> bool:
     """True on every rank if any rank raised the flag (signals may reach ranks at other steps)."""
     if accelerator.num_processes == 1:
@@ -89,17 +144,37 @@ def _agree(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
-def train(config: TrainConfig) -> Path:
-    """Train `config` to schedule.total_steps (or until a stop signal). Returns the run dir."""
+def _checked(health: HealthReading, run_phases: tuple[Phase, ...]) -> HealthReading:
+    """The reading, or TrainingDiverged if run.max_bad_steps non-finite updates came in a row."""
+    if health.storm is None:
+        return health
+    step, count, net = health.storm
+    phase = phase_at(step - 1, run_phases)
+    raise TrainingDiverged(
+        f"{count} non-finite '{net}' losses in a row in phase {phase.number} ({phase.name}) at "
+        f"step {step}: lower the learning rate or check the data; the last good checkpoint is kept"
+    )
+
+
+def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
+    """Train `config` to schedule.total_steps (or until a stop signal). Returns the run dir.
+
+    Resumes from the run directory's newest checkpoint, or from `resume_from` (a checkpoint
+    directory of this run) when given."""
     # Setup: everything that can refuse the run does so before any training work.
-    backend = make_backend(config.run)
+    others = [name for name in config.log.trackers if name != "tensorboard"]
+    backend = make_backend(config.run, others)
     accelerator = backend.accelerator
     config_lib.validate(config, accelerator.num_processes)
-    manifest = read_manifest(config.data.shards)
     run_dir = Path(config.run.dir)
     _check_run_dir(run_dir)
+    changes = _settings_changes(config, run_dir)
+    manifest = read_manifest(config.data.shards)
     if config.data.val_images:
         check_split(manifest, config.data.shards, config.data.val_split)
+    tokenizer = None  # caption families: the shards' tokenizer, exported with the generator
+    if registry.get(config.model.family).captions:
+        tokenizer = training_tokenizer(config.data.shards, config.model.vocabulary_size)
     fill_rgb = _fill_colour(config, manifest)
     state = build_state(config, backend)
     settings = step_settings(config, fill_rgb, accelerator.device)
@@ -111,27 +186,53 @@ def train(config: TrainConfig) -> Path:
     if accelerator.is_main_process and config.data.val_images:
         validation = load_validation_set(config, accelerator.device)
 
-    # Resume: the newest usable checkpoint of this run directory, if any, in the right phase.
-    step, resume_notes = checkpoint.resume(state, config, run_dir)
+    # Resume: the newest usable checkpoint of this run directory (or the chosen one), if any, in
+    # the right phase.
+    chosen = Path(resume_from) if resume_from else None
+    step, resume_notes = checkpoint.resume(state, config, run_dir, chosen)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
         config_lib.save(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     logger = RunLogger(
-        run_dir, config.log, accelerator.is_main_process, total, step, accelerator.device
+        run_dir,
+        config.log,
+        accelerator.is_main_process,
+        total,
+        step,
+        accelerator.device,
+        trackers=accelerator if others else None,
+        config_values=config_lib.to_dict(config),
     )
+    # torchrun and accelerate launch say how many processes share this node
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    loader_config, note = fit_workers(config, local_processes)
+    if note:
+        logger.message(note)
     feed = DataFeed(
-        config, accelerator.process_index, accelerator.num_processes, accelerator.device, run_phases
+        loader_config,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+        run_phases,
     )
     for note in resume_notes:
         logger.message(note)
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
+    if accelerator.is_main_process:
+        _record_changes(run_dir, step, changes, logger)
+    if config.run.compile and not compiles(config, backend):
+        logger.message(
+            f"run.compile applies on CUDA under DDP: this {backend.label} run on "
+            f"{accelerator.device.type} trains eagerly"
+        )
     plain_generator = plain_module(state.generator)
 
-    def save(at_step: int) -> None:
-        checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
+    def save(at_step: int) -> Path:
+        _checked(state.health.read(), run_phases)  # a diverged run keeps its last good checkpoint
+        return checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
 
     def show(at_step: int) -> dict[str, float]:
         if validation is None:
@@ -142,47 +243,53 @@ def train(config: TrainConfig) -> Path:
         save_image(grid, run_dir / "samples" / f"step-{at_step:08d}.png")
         return scalars
 
+    if 0 < step < total:
+        show(step)  # the validation curve goes on from the resumed step, with no gap
+
     # Loop: one phase step per iteration; the phase is derived from the step, never stored.
     try:
         with StopSignals() as signals:
+
+            def stopped(saved: Path | None) -> Path:
+                if accelerator.is_main_process:
+                    write_marker(run_dir, signals.seen, step, saved)
+                return run_dir
+
+            # A stop signal held back during start-up ends the run before its first step: there
+            # is nothing new to save, and the time before SLURM's kill is better left unused.
+            if _agree(accelerator, signals.received is not None):
+                logger.message(f"stop signal before step {step}: nothing new to save")
+                return stopped(None)
             while step < total:
                 phase = phase_at(step, run_phases)
                 losses = STEP_FUNCTIONS[phase.kind](state, settings, feed.batches(step))
                 state.health.corrupt_samples += feed.take_skipped()
                 step += 1
+                state.health.end_step(step, config.run.max_bad_steps)
                 logger.record(losses, config.data.batch_size)
-                if state.health.in_a_row >= config.run.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{state.health.in_a_row} non-finite '{state.health.last_bad}' losses in a "
-                        f"row in phase {phase.number} ({phase.name}) at step {step}: lower the "
-                        "learning rate or check the data; the last good checkpoint is kept"
-                    )
 
                 # Tick: scalars every log.every_steps (the loop's one planned host sync, where
-                # the ranks also agree on stop signals), images every log.image_every_steps
-                # (the last step's are made once, by the finish below).
+                # the ranks also agree on stop signals and a run of non-finite losses stops the
+                # run), images every log.image_every_steps (the last step's are made once, by
+                # the finish below).
                 stop = False
                 if step % config.log.every_steps == 0 or step == total:
-                    health = {
-                        "health/skipped_steps": state.health.skipped,
-                        "health/corrupt_samples": sum_over_ranks(
-                            accelerator, state.health.corrupt_samples
-                        ),
-                    }
-                    logger.tick(step, phase.name, health)
+                    health = _checked(state.health.read(), run_phases)
+                    corrupt = sum_over_ranks(accelerator, health.corrupt_samples)
+                    logger.tick(step, phase.name, _tick_extras(state, health, corrupt))
                     stop = _agree(accelerator, signals.received is not None)
                 if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
 
                 # Save: every checkpoint.every_steps, at phase ends, at the end, or when signalled.
                 if stop or step % config.checkpoint.every_steps == 0 or step in phase_ends:
-                    save(step)
+                    saved = save(step)
                 if stop:
                     logger.message(
                         f"stop signal: checkpoint saved at step {step}; run the same "
                         "command again to continue"
                     )
-                    return run_dir
+                    return stopped(saved)
 
         # Finish: inference export and the validation figures of the trained net.
         save(step)
@@ -196,15 +303,32 @@ def train(config: TrainConfig) -> Path:
                 config,
                 tuple(fill_rgb.tolist()),
                 step,
+                tokenizer,
             )
-            _report(run_dir, show(step), logger)
+            _report(run_dir, show(step), logger, config.model.hole_fill)
+            if validation is not None:
+                logger.message(
+                    f"validation set: {len(validation.images)} images of split {validation.split!r}"
+                )
         return run_dir
     finally:
         feed.close()
         logger.close()
 
 
-def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None:
+def _tick_extras(state: TrainState, health: HealthReading, corrupt: int) -> dict[str, float]:
+    """Health (`corrupt`: the run's corrupt samples, over all ranks) and learning rates, logged
+    beside the losses at every tick."""
+    extras = {
+        "health/skipped_steps": float(health.skipped),
+        "health/corrupt_samples": float(corrupt),
+    }
+    for name, optimizer in state.optimizers().items():
+        extras[f"lr/{name}"] = float(optimizer.param_groups[0]["lr"])
+    return extras
+
+
+def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger, fill_name: str) -> None:
     lines = [
         f"run directory: {run_dir}",
         f"TensorBoard:   tensorboard --logdir {run_dir / 'tb'}",
@@ -212,16 +336,33 @@ def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None
         f"export:        {run_dir / 'export'}",
     ]
     if scalars:
-        model, baseline = scalars["val/hole_psnr"], scalars["val/hole_psnr_mean_fill"]
+        model, baseline = scalars["val/hole_psnr"], scalars[baseline_key(fill_name)]
         lines.append(
-            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB mean fill "
+            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB {fill_name} fill "
             f"({model - baseline:+.2f} dB)"
         )
     for line in lines:
         logger.message(line)
 
 
-def train_command(config: str, overrides: list[str]) -> int:
-    """`ganpaint train`: the same loop, in this process."""
-    train(config_lib.load(config, overrides))
+def train_command(
+    config: str | None, resume: str | None, resume_from: str | None, overrides: list[str]
+) -> int:
+    """`ganpaint train` and `train.py`: a config (a new run, or the same command again), or
+    `--resume RUN_DIR` (its saved config, with overrides that keep the model and the data), or
+    `--resume-from CHECKPOINT` (that checkpoint of its run)."""
+    if resume_from and not (config or resume):
+        resume = str(Path(resume_from).resolve().parent.parent)  # RUN/checkpoints/step-N
+    if not (config or resume):
+        raise UserError("give --config PRESET_OR_YAML (a run) or --resume RUN_DIR")
+    if resume:
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(
+                f"--resume {resume}: no config.yaml there (not a ganpaint run directory)"
+            )
+        config, overrides = str(saved), [*overrides, f"run.dir={resume}"]
+    if resume_from and not (Path(resume_from) / "state.json").is_file():
+        raise UserError(f"--resume-from {resume_from}: not a checkpoint directory (no state.json)")
+    train(config_lib.load(config, overrides), resume_from=resume_from)
     return 0

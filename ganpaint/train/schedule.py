@@ -3,8 +3,10 @@
 A family declares its phases in order (ganpaint/models/registry.py); each has a length taken from
 the schedule config, the last one runs until schedule.total_steps. GLCIC (Iizuka et al. 2017,
 Sec. 3.3) trains the completion network alone for Tc steps, the discriminators alone for Td, then
-both jointly until T; the other families train jointly from step 0. Nothing here is stored in a
-checkpoint: the phase is recomputed from the step on resume.
+both jointly until T; the other families train jointly from step 0. schedule.reconstruction_only
+makes any inpainting run one phase of the generator alone on its reconstruction loss (the WGAN
+U-Net write-up's "L2 only"). Nothing here is stored in a checkpoint: the phase is recomputed from
+the step on resume.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Phase:
 
 def phases(family: Family, schedule: ScheduleConfig) -> tuple[Phase, ...]:
     """The phases of a run, in order, covering [0, total_steps). Empty phases are dropped."""
+    if schedule.reconstruction_only:  # no adversary: an inpainting family's "L2 only" ablation
+        return (Phase(1, "completion", StepKind.COMPLETION, 0, schedule.total_steps),)
     candidates, start = [], 0
     for number, plan in enumerate(family.phases, start=1):
         end = (

@@ -6,6 +6,7 @@ e.g. launch/deepspeed_zero2.yaml) or by run.deepspeed_config, and imported only 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
 from ganpaint.models import build_nets, registry
-from ganpaint.train.backend import Backend, DDPBackend, TrainState
+from ganpaint.train.backend import Backend, DDPBackend, TrainState, accelerate_precision
 from ganpaint.train.steps import StepSettings
 
 
@@ -39,8 +40,42 @@ def _backend_class(run: RunConfig) -> type[Backend]:
     return DeepSpeedBackend
 
 
-def make_backend(run: RunConfig) -> Backend:
-    """One backend (and Accelerator) per process; CPU when asked or when no GPU is present."""
+def check_launcher(run: RunConfig, environ: dict[str, str] | None = None) -> None:
+    """Refuse launcher settings the run would silently not honour (one line each).
+
+    - Precision: run.mixed_precision is the one source of truth. A launcher asking for another
+      (`accelerate launch --mixed_precision bf16`, or a launch config's value) is refused rather
+      than ignored; the launcher's "no" is accelerate's default and means "not asked".
+    - `accelerate launch --cpu --num_processes N` starts ONE process (accelerate's simple
+      launcher), which would train alone while the user expects N.
+    """
+    environ = os.environ if environ is None else environ
+    launcher = environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher != "no" and launcher != accelerate_precision(run):
+        raise ConfigError(
+            f"accelerate launch asks for mixed precision {launcher!r} but run.mixed_precision is "
+            f"{run.mixed_precision!r}: the training config decides, so pass "
+            f"run.mixed_precision={'fp32' if launcher == 'no' else launcher} or drop the "
+            "launcher's --mixed_precision"
+        )
+    simple_cpu_launch = (
+        environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+        and "MASTER_ADDR" in environ  # set by the simple launcher only when num_processes > 1
+        and "WORLD_SIZE" not in environ
+    )
+    if simple_cpu_launch:
+        raise ConfigError(
+            "`accelerate launch --cpu --num_processes N` starts one process only: for N CPU "
+            "processes use `accelerate launch --config_file launch/cpu2.yaml` (multi_gpu with "
+            "use_cpu) or `torchrun --nproc_per_node N`"
+        )
+
+
+def make_backend(run: RunConfig, trackers: list[str] | tuple[str, ...] = ()) -> Backend:
+    """One backend (and Accelerator) per process; CPU when asked or when no GPU is present.
+
+    `trackers`: accelerate's experiment trackers to log to besides TensorBoard (wandb, ...)."""
+    check_launcher(run)
     use_cpu = run.cpu or not torch.cuda.is_available()
     if use_cpu and run.mixed_precision == "fp16":
         raise ConfigError("config key 'run.mixed_precision': fp16 needs a GPU; use bf16 on the CPU")
@@ -50,7 +85,7 @@ def make_backend(run: RunConfig) -> Backend:
             "supports it only for CUDA modules)"
         )
     backend_class = _backend_class(run)
-    accelerator = backend_class.make_accelerator(run, use_cpu)
+    accelerator = backend_class.make_accelerator(run, use_cpu, list(trackers))
     # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
     # unsynchronised single processes: refuse that instead of training N separate models.
     expected = int(os.environ.get("WORLD_SIZE", 1))
@@ -78,9 +113,18 @@ def critic_clamp(config: TrainConfig) -> float:
     return 0.03 if config.schedule.critic_steps > 1 else 0.05
 
 
+def compiles(config: TrainConfig, backend: Backend) -> bool:
+    """run.compile applies on CUDA under DDP only. On the CPU, inductor's C++ code takes minutes
+    and a toolchain to build, and the CPU runs (demos, tests, smoke runs of the GPU presets, which
+    turn compile on) are short; DeepSpeed's engines are untested with compiled nets."""
+    device = backend.accelerator.device
+    return config.run.compile and device.type == "cuda" and backend.compiles_nets
+
+
 def build_state(config: TrainConfig, backend: Backend) -> TrainState:
     """Nets (SyncBatchNorm, channels_last, torch.compile as configured) and optimisers, prepared
-    by the backend."""
+    by the backend. Each net is compiled once; its graphs per phase (train, frozen, no-grad) are
+    traced on the phase's first step."""
     set_seed(config.run.seed)  # same initial weights on every rank and in every re-run
     nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
     if config.run.sync_batchnorm and backend.accelerator.num_processes > 1:
@@ -98,9 +142,10 @@ def build_state(config: TrainConfig, backend: Backend) -> TrainState:
             optim.discriminator, nets.discriminator.parameters(), optim.discriminator_lr, optim
         ),
     )
-    if config.run.compile:
-        nets.generator = torch.compile(nets.generator)
-        nets.discriminator = torch.compile(nets.discriminator)
+    if compiles(config, backend):
+        mode = config.run.compile_mode
+        nets.generator = torch.compile(nets.generator, mode=mode)
+        nets.discriminator = torch.compile(nets.discriminator, mode=mode)
     return backend.prepare(config, nets, optimizers)
 
 
@@ -116,3 +161,17 @@ def step_settings(
         critic_clamp=critic_clamp(config),
         accumulation=config.optim.grad_accum_steps,
     )
+
+
+def fit_workers(config: TrainConfig, local_processes: int) -> tuple[TrainConfig, str | None]:
+    """data.workers capped at the cores this process may use (its share of the node's, less one
+    for the training process itself); returns the config to train with and a note if capped."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(0, (cores or 1) // max(1, local_processes) - 1)
+    if config.data.workers <= share:
+        return config, None
+    note = (
+        f"data.workers {config.data.workers} capped at {share}: {cores} cores for "
+        f"{local_processes} process(es) on this node, one core each for training"
+    )
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, workers=share)), note

@@ -34,6 +34,7 @@ class Batch:
     hole_mask: torch.Tensor  # [N,1,H,W] float, 1 = hole
     local_origin: torch.Tensor  # [N,2] long, (top, left) of each local area
     latent: torch.Tensor | None = None  # generation families: z [N, latent_dim]
+    tokens: torch.Tensor | None = None  # caption families: token ids [N, T] int64
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def _update(
     loss_fn: Callable[[Batch], Losses],
 ) -> Losses:
     """Backward `loss_fn(batch)["loss"]` over micro-batches into `net` ("generator" or
-    "discriminator"), then step its optimiser unless the loss is non-finite (counted in health).
+    "discriminator"), then step its optimiser unless the loss is non-finite (counted in health,
+    on the device: nothing here waits for the GPU).
 
     Gradients are synchronised on the last micro-batch only. Under fp16 the scaler may also skip a
     step (gradient overflow): that is routine loss scaling, not counted as a bad step.
@@ -82,12 +84,7 @@ def _update(
         )
         for key, value in values.items():
             totals[key] = totals.get(key, 0) + value.detach().float() / count
-    if state.backend.apply_update(model, optimizer, totals["loss"]):
-        state.health.in_a_row = 0
-    else:
-        state.health.skipped += 1
-        state.health.in_a_row += 1
-        state.health.last_bad = net
+    state.health.record(state.backend.apply_update(model, optimizer, totals["loss"]), net)
     return {f"{net}_{key}": value for key, value in totals.items()}
 
 
@@ -100,24 +97,33 @@ def _complete(
         batch.hole_mask,
         settings.fill_rgb,
         settings.family.predicts_center,
+        batch.tokens,
+    )
+
+
+def _reconstruction(settings: StepSettings, prediction: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The masked MSE, or Context Encoders' overlap-weighted one when loss.overlap_px > 0."""
+    loss = settings.loss
+    return losses.overlap_mse(
+        prediction, batch.images, batch.hole_mask, loss.overlap_px, loss.overlap_weight
     )
 
 
 def _judge(
-    settings: StepSettings, discriminator: nn.Module, images: torch.Tensor, origin: torch.Tensor
+    settings: StepSettings, discriminator: nn.Module, images: torch.Tensor, batch: Batch
 ) -> torch.Tensor:
-    """Discriminator logits for images, fed as the family declares (image + local patch, or the
-    local patch alone)."""
-    local_patch = crop_local(images, origin, settings.local_px)
-    return discriminator(*settings.family.judge_inputs(images, local_patch))
+    """Discriminator logits for images (batch.images or their completions), fed as the family
+    declares (image + local patch, or the local patch alone; with the captions)."""
+    local_patch = crop_local(images, batch.local_origin, settings.local_px)
+    return discriminator(*settings.family.judge_inputs(images, local_patch, batch.tokens))
 
 
 def _real_and_fake(
     state: TrainState, settings: StepSettings, batch: Batch, fake: torch.Tensor, wasserstein: bool
 ) -> Losses:
     """The discriminator's (or critic's) loss on real images against `fake` ones."""
-    real = _judge(settings, state.discriminator, batch.images, batch.local_origin)
-    fake = _judge(settings, state.discriminator, fake, batch.local_origin)
+    real = _judge(settings, state.discriminator, batch.images, batch)
+    fake = _judge(settings, state.discriminator, fake, batch)
     if wasserstein:
         loss = losses.wgan_critic_loss(real, fake)
         return {"loss": loss, "real_score": real.mean(), "fake_score": fake.mean()}
@@ -132,7 +138,7 @@ def completion_step(
 
     def loss_fn(batch: Batch) -> Losses:
         prediction, _ = _complete(state, settings, batch)
-        mse = losses.masked_mse(prediction, batch.images, batch.hole_mask)
+        mse = _reconstruction(settings, prediction, batch)
         return {"loss": settings.loss.reconstruction_weight * mse, "mse": mse}
 
     return _update(state, "generator", micro_batches, loss_fn)
@@ -173,9 +179,9 @@ def _inpainting_joint(
             prediction, completed = stash.pop(id(batch))
         else:
             prediction, completed = _complete(state, settings, batch)
-        mse = losses.masked_mse(prediction, batch.images, batch.hole_mask)
+        mse = _reconstruction(settings, prediction, batch)
         with frozen(state.plain_discriminator):
-            fake = _judge(settings, state.plain_discriminator, completed, batch.local_origin)
+            fake = _judge(settings, state.plain_discriminator, completed, batch)
         adversarial = (
             losses.wgan_generator_loss(fake) if wasserstein else losses.generator_bce(fake)
         )
