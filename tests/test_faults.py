@@ -275,6 +275,25 @@ def test_a_checkpoint_without_a_record_still_resumes(finished_run, tmp_path, cap
     assert step == 4 and "no integrity record" in notes[0]
 
 
+def test_a_damaged_chosen_checkpoint_is_refused_in_one_line_and_left_in_place(
+    finished_run, tmp_path, capsys
+):
+    from ganpaint.cli import main
+
+    run_dir, _ = copy_run(finished_run, tmp_path / "run")
+    chosen = run_dir / "checkpoints" / "step-00000003"
+    truncate(chosen / "generator.safetensors")
+    rows_before = len(stats(run_dir))
+    assert main(["train", "--resume-from", str(chosen), "schedule.total_steps=5"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resume-from")
+    assert chosen.is_dir() and not list(chosen.parent.glob("*.damaged-*"))
+    assert len(stats(run_dir)) == rows_before  # nothing trained
+    # an intact one is taken
+    step_2 = run_dir / "checkpoints" / "step-00000002"
+    assert main(["train", "--resume-from", str(step_2), "schedule.total_steps=5"]) == 0
+    assert "resumed" in capsys.readouterr().out and stats(run_dir)[-1]["step"] == 5
+
+
 def test_saving_an_existing_step_replaces_it(finished_run, tmp_path):
     run_dir, config = copy_run(finished_run, tmp_path / "run")
     state = build_state(config, make_backend(config.run))
