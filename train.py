@@ -6,31 +6,55 @@
 import argparse
 import os
 import sys
+import traceback
 
 from ganpaint.cli import add_train_arguments
-from ganpaint.errors import UserError
+from ganpaint.errors import UserError, describe_os_error
+from ganpaint.train.distributed import shutdown
 from ganpaint.train.loop import train_command
+
+MULTI_PROCESS = int(os.environ.get("WORLD_SIZE", 1)) > 1
+WHERE = f"train.py (rank {os.environ.get('RANK', 0)})" if MULTI_PROCESS else "train.py"
+# How gloo reports a collective whose peer process has ended.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_train_arguments(parser)
+    args = parser.parse_args()
+    # Every failure ends in one line and an exit status, on every rank: a rank that raised must
+    # leave (its peers' collectives then fail too, and the launcher stops the rest).
     try:
-        return train_command(**vars(parser.parse_args()))
+        status = train_command(**vars(args))
+        shutdown()  # every rank done (only then: a failed rank must not wait in a barrier)
     except UserError as error:
-        print(f"train.py: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return _fail(2, str(error))
+    except OSError as error:
+        return _fail(2, describe_os_error(error))
+    except KeyboardInterrupt:
+        print(f"{WHERE}: interrupted (the newest complete checkpoint is kept)", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if any(words in str(error) for words in PEER_GONE):
+            return _fail(1, "another process ended, so this one stops (that process says why)")
+        traceback.print_exc()  # a bug: its traceback is what a report needs
+        return _fail(1, f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}")
+    return status
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"{WHERE}: error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":
     status = main()
     # gloo can abort at interpreter shutdown after all work is done (ENVIRONMENT.md): with several
     # processes, leave at once once the process group is torn down and the streams are flushed.
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        if status == 0:  # a failed rank must not wait in a barrier for the others
-            from ganpaint.train.distributed import shutdown
-
-            shutdown()
+    # After a failure, leave at once too: a loader worker (which ignores the stop signals) caught
+    # mid-start could otherwise hold the interpreter's exit for ever.
+    if MULTI_PROCESS or status:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -1,17 +1,19 @@
 """The `ganpaint` console script: argument parsing and dispatch only, no logic.
 
 Each subcommand imports its module lazily (torch alone costs seconds) and receives plain keyword
-arguments. A `UserError` anywhere below is printed as one line and exits with status 2.
+arguments. A `UserError` (or a file-system `OSError`) anywhere below is printed as one line and
+exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ganpaint import __version__
-from ganpaint.errors import UserError
+from ganpaint.errors import UserError, describe_os_error
 
 DESCRIPTION = """Train GAN image-inpainting models (GLCIC, Context Encoders, a WGAN U-Net) and DCGAN
 faces on WebDataset shards with one Accelerate loop; evaluate them beside classical fills and
@@ -217,10 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"ganpaint: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"ganpaint: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ganpaint: interrupted", file=sys.stderr)
         return 130
 
 
+def run() -> None:
+    """The console script: `main()`, and after a failure or an interrupt, leave without waiting
+    for child processes. A data loader worker ignores the stop signals (ganpaint/data/stream.py),
+    so one caught mid-start by the error could otherwise block the interpreter's exit for ever;
+    orphaned, it ends by itself within seconds."""
+    status = main()
+    if status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ganpaint.errors import UserError
@@ -75,7 +75,7 @@ class DataConfig:
     workers: int = 2  # DataLoader workers per process
     shuffle_buffer: int = 256
     val_split: str = "val"
-    val_images: int = 16  # fixed validation batch for image grids and hole PSNR
+    val_images: int = 16  # fixed validation batch for image grids and hole PSNR; 0 = none
 
 
 @dataclass(frozen=True)
@@ -226,9 +226,14 @@ def load(
     if path is not None:
         path = resolve(path)
         try:
-            layers.append(OmegaConf.load(path))
+            layer = OmegaConf.load(path)
         except Exception as error:  # yaml errors carry line numbers: keep them, on one line
             raise ConfigError(f"{path}: not valid YAML: {_one_line(error)}") from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections (run:, data:, ...)"
+            )
+        layers.append(layer)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
@@ -309,6 +314,8 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "optim.weight_decay",
     ):
         _positive(key, _get(config, key), allow_zero=True)
+    if not 0 <= run.seed < 2**32:  # numpy's seeding range
+        raise ConfigError(f"config key 'run.seed': must be in [0, 2**32), got {run.seed}")
     if not 0 <= loss.label_smoothing < 0.5:
         raise ConfigError(
             f"config key 'loss.label_smoothing': must be in [0, 0.5), got {loss.label_smoothing}"
@@ -397,9 +404,20 @@ def save(config: TrainConfig, path: str | Path) -> None:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """Rebuild a config from `to_dict` output (a checkpoint's or an export's copy)."""
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(values))
-    return OmegaConf.to_object(merged)
+    """Rebuild a config from `to_dict` output (a checkpoint's or an export's copy), through the
+    same schema and rules as a YAML file: ConfigError (one line) for anything else."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(values).__name__}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(values))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise ConfigError(
+            (f"config key {key!r}: " if key else "config: ") + _one_line(error)
+        ) from None
+    validate(config)
+    return config
 
 
 def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:

@@ -26,7 +26,7 @@ from test_distributed import ROOT, TINY, digests, launch, parameters_only  # noq
 from ganpaint import config as config_lib  # noqa: E402
 from ganpaint.config import ConfigError, RunConfig  # noqa: E402
 from ganpaint.errors import UserError  # noqa: E402
-from ganpaint.train import checkpoint, deepspeed  # noqa: E402
+from ganpaint.train import checkpoint, deepspeed, integrity  # noqa: E402
 from ganpaint.train.setup import deepspeed_requested, make_backend  # noqa: E402
 
 # Trains like tests/scripts/rank_digest.py (digests of every rank's parameters at each checkpoint
@@ -229,17 +229,21 @@ def test_checkpoint_engine_loads_deepspeed_classes_and_refuses_other_code(tmp_pa
 
 def test_a_checkpoint_resumes_only_under_the_engine_that_wrote_it(tmp_path):
     (tmp_path / "state.json").write_text(
-        json.dumps({"step": 3, "deepspeed": {"processes": 2, "zero_stage": 2}})
+        json.dumps({"step": 3, "config": {}, "deepspeed": {"processes": 2, "zero_stage": 2}})
     )
     ddp = SimpleNamespace(backend=SimpleNamespace(name="ddp", label="DDP"))
     deepspeed_run = SimpleNamespace(backend=SimpleNamespace(name="deepspeed", label="DeepSpeed"))
     with pytest.raises(UserError, match="written by a DeepSpeed run .* with DDP"):
         checkpoint.load(ddp, tmp_path)
-    (tmp_path / "state.json").write_text(json.dumps({"step": 3}))
+    (tmp_path / "state.json").write_text(json.dumps({"step": 3, "config": {}}))
     with pytest.raises(UserError, match="written by a DDP run .* with DeepSpeed"):
         checkpoint.load(deepspeed_run, tmp_path)
     # today's record names the backend itself
-    record = {"step": 3, "backend": {"name": "deepspeed", "label": "DeepSpeed", "processes": 2}}
+    record = {
+        "step": 3,
+        "config": {},
+        "backend": {"name": "deepspeed", "label": "DeepSpeed", "processes": 2},
+    }
     (tmp_path / "state.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="written by a DeepSpeed run"):
         checkpoint.load(ddp, tmp_path)
@@ -298,15 +302,18 @@ def test_zero2_launch_trains_glcic_checkpoints_resumes_and_exports(
                 assert exported[key].dtype == torch.float32
                 assert torch.equal(exported[key].to(value.dtype), value), key
 
-    # A tampered checkpoint is refused on resume, and its payload never runs.
+    # A tampered checkpoint is refused on resume, and its payload never runs: with its integrity
+    # record rewritten to match, only the weights_only loader stands in the way.
     model_file = saved / "generator" / "mp_rank_00_model_states.pt"
     shutil.copy(model_file, tmp_path / "original.pt")
     marker = tmp_path / "code_ran"
     tampered = deepspeed.SafeCheckpointEngine(None).load(str(model_file))
     torch.save({**tampered, "payload": Payload(str(marker))}, model_file)
+    integrity.write_record(saved)
     refused = run_glcic("deepspeed_zero2.yaml", train_script, synthetic_shards, run_dir, 8)
     assert refused.returncode != 0 and "refused" in refused.stderr and not marker.exists()
     shutil.copy(tmp_path / "original.pt", model_file)
+    integrity.write_record(saved)
 
     # The same command with a later end resumes from step 6 on both ranks.
     second = run_glcic("deepspeed_zero2.yaml", train_script, synthetic_shards, run_dir, 8)
@@ -320,6 +327,27 @@ def test_zero2_launch_trains_glcic_checkpoints_resumes_and_exports(
     )
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert parameters_only(digests(tmp_path / "straight", 0)[-1:]) == parameters_only(resumed[-1:])
+
+
+@pytest.mark.slow
+def test_a_partition_damaged_on_one_rank_makes_both_ranks_fall_back(
+    synthetic_shards, tmp_path, train_script
+):
+    """A checkpoint without a record (as older ganpaint wrote) whose rank-1 optimiser partition
+    is torn: only rank 1 fails to load it, and both ranks resume from the one before."""
+    run_dir = tmp_path / "run"
+    first = run_glcic("deepspeed_zero2.yaml", train_script, synthetic_shards, run_dir, 6)
+    assert first.returncode == 0, first.stderr[-3000:]
+    newest = checkpoint.latest(run_dir)
+    for record in newest.parent.glob("*/complete.json"):
+        record.unlink()
+    partition = newest / "generator" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    partition.write_bytes(partition.read_bytes()[:1000])
+    second = run_glcic("deepspeed_zero2.yaml", train_script, synthetic_shards, run_dir, 8)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "passed over step-00000006 (failed to load on another process" in second.stdout
+    assert f"resumed {run_dir} at step 4" in second.stdout
+    identical_ranks(run_dir)
 
 
 @pytest.mark.slow

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ganpaint.data.decode import crop_into, decode_bgr
 from ganpaint.data.order import EpochPlan, ReaderPlan
 from ganpaint.errors import UserError
 
 MAX_ERRORS_IN_A_ROW = 1000  # corrupt samples or shards with no good one between: give up
+WARNED_SKIPS = 10  # each reader warns of its first skips one by one, then of every REPEAT-th
+REPEAT = 100
 Sample = tuple  # (key, shard path, encoded image[, json member bytes when read with meta])
 Choose = Callable[[int, int], tuple[tuple[int, int, int], bool]]  # (h, w) -> (square, flip)
 
@@ -32,7 +34,11 @@ class ErrorCount:
     def skip(self, what: str) -> None:
         self.total += 1
         self.in_a_row += 1
-        warnings.warn(f"{self.where}: skipped {what} ({self.total} skipped so far)", stacklevel=2)
+        if self.total <= WARNED_SKIPS or self.total % REPEAT == 0:
+            later = f"; reported every {REPEAT} from here" if self.total == WARNED_SKIPS else ""
+            warnings.warn(
+                f"{self.where}: skipped {what} ({self.total} skipped so far{later})", stacklevel=2
+            )
         if self.in_a_row > MAX_ERRORS_IN_A_ROW:
             raise UserError(
                 f"{self.where}: {self.in_a_row} corrupt samples or shards in a row; "
@@ -40,22 +46,40 @@ class ErrorCount:
             )
 
 
+def _opened(paths: Iterable[str], errors: ErrorCount) -> Iterator[dict]:
+    """Each shard as an open local file, in webdataset's source form. The paths are opened by
+    `open()`, never handed to webdataset's URL opener (which runs `pipe:` names as commands)."""
+    for path in paths:
+        try:
+            stream = open(path, "rb")  # closed when the next shard is asked for
+        except OSError as error:
+            errors.skip(f"unreadable shard {path} ({error.strerror or error})")
+            continue
+        with stream:
+            yield {"url": path, "stream": stream}
+
+
 def read_samples(
     paths: Iterable[str], image_key: str, errors: ErrorCount, with_meta: bool = False
 ) -> Iterator[Sample]:
-    """(key, shard path, encoded image) per sample of the shards, in order, plus the json member's
-    bytes (b"" when absent) if `with_meta`. Only those members are read; a shard whose tar
-    structure breaks is skipped from that point on (counted)."""
+    """(key, shard path, encoded image) per sample of the local shard files, in order, plus the
+    json member's bytes (b"" when absent) if `with_meta`. Only those members are read; a shard
+    whose tar structure breaks is skipped from that point on (counted)."""
 
     def skip_shard(error: Exception) -> bool:
-        errors.skip(f"unreadable shard data ({error})")
+        # webdataset appends the stream and the url to a shard's error arguments: keep the reason.
+        reason = error.args[0] if error.args else type(error).__name__
+        where = f" in {error.args[-1]}" if len(error.args) >= 3 else ""
+        errors.skip(f"unreadable shard data ({reason}){where}")
         return True  # webdataset's handler protocol: go on with the next shard
 
     suffixes = ("." + image_key, ".json") if with_meta else ("." + image_key,)
-    sources = ({"url": path} for path in paths)
-    for sample in wds.tarfile_samples(
-        sources, handler=skip_shard, select_files=lambda name: name.endswith(suffixes)
-    ):
+    files = tar_file_expander(
+        _opened(paths, errors),
+        handler=skip_shard,
+        select_files=lambda name: name.endswith(suffixes),
+    )
+    for sample in group_by_keys(files, handler=skip_shard):
         if image_key in sample:  # a member named like KEY.x.jpg groups under another extension
             found = sample["__key__"], sample["__url__"], sample[image_key]
             yield (*found, sample.get("json", b"")) if with_meta else found
@@ -220,7 +244,7 @@ def _first_good_ahead(samples: Lookahead, reduction: int, where: str) -> tuple[n
         if image is not None:
             return image, sample
     raise UserError(
-        f"{where}: over {MAX_ERRORS_IN_A_ROW} corrupt samples in a row; re-pack the shards"
+        f"{where}: over {MAX_ERRORS_IN_A_ROW} corrupt samples or shards in a row; re-pack the shards"
     )
 
 

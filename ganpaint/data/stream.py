@@ -22,10 +22,12 @@ equal batch counts.
 from __future__ import annotations
 
 import itertools
-import json
 import signal
+import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -48,55 +50,22 @@ from ganpaint.data.decode import (
     random_square,
     scaled_centre_square,
 )
+from ganpaint.data.manifest import check_split, read_manifest, split_shards
 from ganpaint.data.order import ReaderPlan, seed_words
 from ganpaint.data.packing import MANIFEST
 from ganpaint.errors import UserError
 
+__all__ = [
+    "read_manifest",
+    "train_loader",
+    "iterate_split",
+    "held_out_split",
+    "val_batch",
+]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # the training loop's to handle
 PREFETCH_BATCHES = 2  # per worker, as DataLoader defaults: each waiting batch holds shared memory
 CROPS = 2  # first seed word of the crop generators (ganpaint/data/order.py holds 0 and 1)
-
-
-def read_manifest(shard_dir: str | Path) -> dict:
-    """The shard directory's manifest.json. UserError (one line) if missing or not a manifest."""
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
-        raise UserError(
-            f"{path}: not found; pack shards first: ganpaint shards --output {shard_dir} ..."
-        )
-    try:
-        manifest = json.loads(path.read_text())
-        splits = manifest["splits"]
-        valid = (
-            all(isinstance(splits[name]["shards"], list) for name in splits)
-            and len(manifest["mean_rgb"]) == 3
-            and int(manifest["parameters"]["size"]) > 0
-            and isinstance(manifest["image_key"], str)
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(
-            f"{path}: not a ganpaint shard manifest ({type(error).__name__}: {error})"
-        ) from None
-    if not valid:
-        raise UserError(f"{path}: not a ganpaint shard manifest")
-    return manifest
-
-
-def _split_shards(manifest: dict, shard_dir: str | Path, split: str) -> list[tuple[str, int]]:
-    """(path, sample count) of the split's non-empty shards, in manifest order; UserError if one
-    is missing."""
-    if split not in manifest["splits"]:
-        raise UserError(
-            f"{Path(shard_dir) / MANIFEST}: no split {split!r} "
-            f"(has {', '.join(manifest['splits'])})"
-        )
-    paths = []
-    for shard in manifest["splits"][split]["shards"]:
-        path = Path(shard_dir) / shard["name"]
-        if not path.is_file():
-            raise UserError(f"{path}: listed in {MANIFEST} but missing")
-        if shard["count"]:
-            paths.append((str(path), int(shard["count"])))
-    return paths
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -111,9 +80,10 @@ class TrainStream(torch.utils.data.IterableDataset):
         world_size: int,
         seed: int,
         start_batch: int,
+        counted: bool = False,
     ):
         manifest = read_manifest(data.shards)
-        shards = _split_shards(manifest, data.shards, "train")
+        shards = split_shards(manifest, data.shards, "train")
         if not shards:
             raise UserError(f"{Path(data.shards) / MANIFEST}: the train split holds no images")
         if not 0 <= rank < world_size:
@@ -135,8 +105,15 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.reduction = decode_reduction(packed_px, data.resize_max_px)
         self.readers_per_rank = max(1, data.workers)
         self.tokenizer = load_tokenizer(data.shards) if data.captions else None
+        self.counted = counted
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator:
+        """The batches (module docstring); with `counted`, (batch, samples skipped for it) pairs;
+        a ReaderFailure last if the reader gives up."""
+        errors = ErrorCount(f"{self.data.shards} (rank {self.rank})")
+        return _reported(self._batches(errors), errors, self.counted)
+
+    def _batches(self, errors: ErrorCount) -> Iterator:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
         if info is not None:  # the workers already fill the cores: OpenCV threads would fight them
@@ -153,7 +130,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             self.seed,
             data.shuffle_buffer,
         )
-        errors = ErrorCount(f"{data.shards} (rank {self.rank}, reader {reader})")
+        errors.where = f"{data.shards} (rank {self.rank}, reader {reader})"
         start = first // readers * self.local_batch
         samples = Lookahead(
             reader_samples(self.paths, plan, start, self.image_key, errors, data.captions)
@@ -189,29 +166,100 @@ class TrainStream(torch.utils.data.IterableDataset):
         return choose
 
 
+@dataclass(frozen=True)
+class ReaderFailure:
+    """A reader's UserError, handed to the main process as data: a DataLoader would re-raise it
+    with the worker's whole traceback in the message."""
+
+    message: str
+
+
+def _reported(batches: Iterator, errors: ErrorCount, counted: bool) -> Iterator:
+    """Each batch (with `counted`: a (batch, samples skipped while making it) pair), then a
+    ReaderFailure if the reader gives up."""
+    skipped_before = 0
+    try:
+        for batch in batches:
+            yield (batch, errors.total - skipped_before) if counted else batch
+            skipped_before = errors.total
+    except UserError as error:
+        yield ReaderFailure(str(error))
+
+
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """Workers ignore SIGTERM / SIGUSR1: `timeout`, SLURM or a shell may signal the whole process
-    group, and a worker dying mid-step would abort the training step the main process is finishing
-    before its checkpoint. Workers still exit when the main process does (DataLoader watchdog)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    """Workers ignore SIGTERM / SIGUSR1 / SIGINT: `timeout`, SLURM, a shell or Ctrl-C may signal
+    the whole process group, and a worker dying mid-step would abort the training step the main
+    process is finishing before its checkpoint. Workers still exit when the main process closes
+    the loader or dies (DataLoader watchdog)."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
+@contextmanager
+def _stop_signals_deferred() -> Iterator[None]:
+    """Hold the stop signals while the loader starts its workers, then deliver them. An interrupt
+    half-way through the start would leave running workers that nobody owns, and as they ignore
+    SIGTERM, the interpreter's exit would wait for them for ever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals
+        return
+    received = []
+    previous = {
+        number: signal.signal(number, lambda number, frame: received.append(number))
+        for number in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in received:
+            signal.raise_signal(number)  # now, to the handlers in place
+
+
+def _one_line_failures(loader: torch.utils.data.DataLoader) -> Iterator:
+    """The loader's items; a reader's failure raised here as one line. Closing this generator (or
+    leaving it by an exception) stops the loader's workers at once."""
+    iterator = None
+    try:
+        with _stop_signals_deferred():
+            iterator = iter(loader)
+        for item in iterator:
+            if isinstance(item, ReaderFailure):
+                raise UserError(item.message)
+            yield item
+    finally:
+        # Not left to the garbage collector, for the same reason: a traceback can keep the
+        # iterator (and so its workers) alive until after the interpreter's exit has begun.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def train_loader(
-    data: DataConfig, local_batch: int, rank: int, world_size: int, seed: int, start_step: int
-) -> Iterable[torch.Tensor]:
+    data: DataConfig,
+    local_batch: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    start_step: int,
+    counted: bool = False,
+) -> Iterator:
     """Endless uint8 batches [local_batch, 3, image_px, image_px] (CHW, RGB) for one rank, from
     the stream's batch number `start_step` on (the loader's own steps: one batch each); with
-    data.captions, (images, int64 token ids [local_batch, data.caption_tokens]) pairs.
+    data.captions, (images, int64 token ids [local_batch, data.caption_tokens]) pairs; with
+    `counted`, each of those as an (item, corrupt samples or shards skipped for it) pair.
 
     data.workers DataLoader workers (0 = in this process), each keeping PREFETCH_BATCHES batches
     ready; pinned memory when CUDA is available, so the copy to the GPU can run asynchronously.
     The batch sequence is a pure function of the arguments and the manifest (module docstring).
     Iterate it once per run: its workers then live as long as the run, with no restart between
     checkpoints (DataLoader's persistent_workers only matters when a loader is iterated again).
+    A reader that gives up (too many corrupt samples in a row) raises UserError here, in one line;
+    closing the returned generator stops the workers at once.
     """
-    stream = TrainStream(data, local_batch, rank, world_size, seed, start_step)
-    return torch.utils.data.DataLoader(
+    stream = TrainStream(data, local_batch, rank, world_size, seed, start_step, counted)
+    loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
         num_workers=data.workers,
@@ -221,6 +269,7 @@ def train_loader(
         # A private generator: building the loader must not advance the global torch RNG.
         generator=torch.Generator().manual_seed(seed_words(seed)[0] % 2**63),
     )
+    return _one_line_failures(loader)
 
 
 def iterate_split(
@@ -239,7 +288,7 @@ def iterate_split(
     short. Corrupt samples are skipped with a warning.
     """
     manifest = read_manifest(shard_dir)
-    paths = [path for path, _ in _split_shards(manifest, shard_dir, split)]
+    paths = [path for path, _ in split_shards(manifest, shard_dir, split)]
     errors = ErrorCount(f"{shard_dir} ({split})")
     samples = read_samples(paths, manifest["image_key"], errors, tokens_of is not None)
     reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
@@ -254,7 +303,7 @@ def held_out_split(shard_dir: str | Path, preferred: str) -> str:
     """`preferred` if it holds images, else the first of val, test that does, else train (with a
     warning: scores on training images flatter the model)."""
     manifest = read_manifest(shard_dir)
-    _split_shards(manifest, shard_dir, preferred)  # an unknown split is an error, not a fallback
+    check_split(manifest, shard_dir, preferred)  # an unknown split is an error, not a fallback
     counts = {name: entry["count"] for name, entry in manifest["splits"].items()}
     for split in (preferred, "val", "test"):
         if counts.get(split):

@@ -12,8 +12,8 @@ weights, geometry, hole fill) is `steps.StepSettings`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +29,7 @@ from ganpaint.config import RunConfig, TrainConfig
 from ganpaint.models import Nets
 from ganpaint.models.layers import cpu_state_dict, plain_module
 from ganpaint.train.guard import Health, guarded_step, place_for_device_steps
+from ganpaint.train.integrity import CheckpointDamaged, describe
 
 Losses = dict[str, torch.Tensor]
 
@@ -114,11 +115,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, state: TrainState, directory: Path, facts: dict) -> None:
         """Restore nets and optimisers from `directory` (collective); UserError if `facts` (from
-        `save`) do not fit this run."""
+        `save`) do not fit this run, CheckpointDamaged (or any exception) if a file is damaged."""
 
     @abc.abstractmethod
     def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
         """Both nets with fp32 weights for the inference export (collective)."""
+
+
+@contextmanager
+def _naming(file_name: str) -> Iterator[None]:
+    """Any error while reading `file_name` becomes one CheckpointDamaged line naming it."""
+    try:
+        yield
+    except Exception as error:
+        raise CheckpointDamaged(f"{file_name}: {describe(error)}") from None
 
 
 class DDPBackend(Backend):
@@ -189,16 +199,19 @@ class DDPBackend(Backend):
         return {}
 
     def load(self, state: TrainState, directory: Path, facts: dict) -> None:
+        """CheckpointDamaged naming the file if one is missing, torn or does not fit."""
         for name, model in state.nets().items():
-            weights = load_file(str(directory / f"{name}.safetensors"), device="cpu")
-            plain_module(model).load_state_dict(weights)
-        # Optimizer.load_state_dict moves each state tensor to its parameter's device.
-        saved = torch.load(directory / "optimizers.pt", map_location="cpu", weights_only=True)
-        for name, optimizer in state.optimizers().items():
-            optimizer.load_state_dict(saved[name])
-            place_for_device_steps(optimizer, self.accelerator.device)
-        if self.accelerator.scaler is not None and "scaler" in saved:
-            self.accelerator.scaler.load_state_dict(saved["scaler"])
+            with _naming(f"{name}.safetensors"):
+                weights = load_file(str(directory / f"{name}.safetensors"), device="cpu")
+                plain_module(model).load_state_dict(weights)
+        with _naming("optimizers.pt"):
+            # Optimizer.load_state_dict moves each state tensor to its parameter's device.
+            saved = torch.load(directory / "optimizers.pt", map_location="cpu", weights_only=True)
+            for name, optimizer in state.optimizers().items():
+                optimizer.load_state_dict(saved[name])
+                place_for_device_steps(optimizer, self.accelerator.device)
+            if self.accelerator.scaler is not None and "scaler" in saved:
+                self.accelerator.scaler.load_state_dict(saved["scaler"])
 
     def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
         return Nets(plain_module(state.generator), plain_module(state.discriminator))

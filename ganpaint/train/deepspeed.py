@@ -58,6 +58,7 @@ from ganpaint.train.backend import (
     plain_module,
 )
 from ganpaint.train.guard import NET_NAMES
+from ganpaint.train.integrity import CheckpointDamaged
 
 # Verified with 0.19.8; the non-finite guard relies on bf16.check_grad_overflow (recent versions).
 MIN_DEEPSPEED = "0.19"
@@ -245,7 +246,7 @@ class SafeCheckpointEngine(TorchCheckpointEngine):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as error:
             lines = [line for line in str(error).splitlines() if "GLOBAL" in line]
-            raise UserError(
+            raise CheckpointDamaged(
                 f"{path}: refused: it holds more than tensors and DeepSpeed's "
                 f"checkpoint classes ({(lines or ['weights_only load failed'])[0]})"
             ) from None
@@ -357,7 +358,9 @@ class DeepSpeedBackend(Backend):
         for name, engine in state.nets().items():
             load_path, _ = engine.load_checkpoint(str(directory), tag=name)
             if load_path is None:
-                raise UserError(f"{directory / name}: DeepSpeed found no checkpoint to load")
+                raise CheckpointDamaged(
+                    f"{directory / name}: DeepSpeed found no checkpoint to load"
+                )
 
     def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
         """Fresh fp32 copies of both nets holding the engines' fp32 master weights."""

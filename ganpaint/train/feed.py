@@ -51,6 +51,10 @@ class DataFeed:
     and the batches before a step are counted from the phases, so the first call (a fresh run, a
     resume, or `ganpaint bench` jumping to a phase) opens the loader exactly where that step's
     batches are, and consecutive steps read straight on.
+
+    Corrupt samples the loader skipped are counted per batch handed out (a resume positions the
+    loader after the batches the checkpoint's count already holds); `take_skipped` drains the
+    count.
     """
 
     def __init__(
@@ -64,8 +68,9 @@ class DataFeed:
         self.config, self.run_phases = config, run_phases
         self.rank, self.world, self.device = rank, world, device
         self.local_batch = micro_batch_size(config, world)
-        self.stream: Iterator[torch.Tensor] | None = None
+        self.stream: Iterator[tuple[object, int]] | None = None
         self.next_step: int | None = None
+        self.skipped = 0
 
     def _micro_batches(self, phase: Phase) -> int:
         return micro_batches_per_step(
@@ -81,22 +86,37 @@ class DataFeed:
             total += max(0, taken) * self._micro_batches(phase)
         return total
 
+    def _next(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        item, skipped = next(self.stream)
+        self.skipped += skipped
+        return item
+
+    def take_skipped(self) -> int:
+        """Corrupt samples or shards skipped for the batches handed out since the last call."""
+        skipped, self.skipped = self.skipped, 0
+        return skipped
+
+    def close(self) -> None:
+        """Stop the loader's workers now (also on an error, so no worker outlives the run)."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
     def batches(self, step: int) -> list[Batch]:
         if step != self.next_step:
-            self.stream = None  # a loader left behind stops its workers
-            self.stream = iter(
-                train_loader(
-                    self.config.data,
-                    self.local_batch,
-                    self.rank,
-                    self.world,
-                    self.config.run.seed,
-                    self.batches_before(step),
-                )
+            self.close()  # a loader left behind stops its workers
+            self.stream = train_loader(
+                self.config.data,
+                self.local_batch,
+                self.rank,
+                self.world,
+                self.config.run.seed,
+                self.batches_before(step),
+                counted=True,
             )
         self.next_step = step + 1
         generator = hole_generator(self.config.run.seed, self.rank, step, self.device)
         return [
-            device_batch(self.config, next(self.stream), generator, self.device)
+            device_batch(self.config, self._next(), generator, self.device)
             for _ in range(self._micro_batches(phase_at(step, self.run_phases)))
         ]

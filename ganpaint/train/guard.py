@@ -94,17 +94,22 @@ def place_for_device_steps(optimizer: torch.optim.Optimizer, device: torch.devic
 class HealthReading:
     skipped: int  # updates skipped so far in the run
     storm: tuple[int, int, str] | None  # (step, non-finite in a row, net) when the limit was hit
+    corrupt_samples: int = 0  # this rank's share of the corrupt samples or shards skipped
 
 
 class Health:
     """Non-finite updates counted on the device: skipped in all, in a row, and the first step at
-    whose end the in-a-row count reached the run's limit."""
+    whose end the in-a-row count reached the run's limit. Beside them, on the host, the corrupt
+    samples or shards this rank's loader skipped (the loader counts them on the host anyway)."""
 
     _SKIPPED, _IN_A_ROW, _LAST_BAD, _STORM_STEP, _STORM_COUNT, _STORM_NET = range(6)
 
     def __init__(self) -> None:
         self.counters: torch.Tensor | None = None  # int64 [6], on the device of the first flag
         self.skipped_before = 0  # restored from a checkpoint
+        # Rank 0 also holds the run's total restored from a checkpoint, so a sum over ranks is
+        # the run's total.
+        self.corrupt_samples = 0
 
     def record(self, applied: torch.Tensor, net: str) -> None:
         """Count one update: `applied` is the bool tensor the backend returned for `net`."""
@@ -132,7 +137,7 @@ class Health:
     def read(self) -> HealthReading:
         """The counters on the host: one transfer, so call it where the loop syncs anyway."""
         if self.counters is None:
-            return HealthReading(self.skipped_before, None)
+            return HealthReading(self.skipped_before, None, self.corrupt_samples)
         values = self.counters.tolist()
         storm = None
         if values[self._STORM_STEP]:
@@ -141,4 +146,6 @@ class Health:
                 values[self._STORM_COUNT],
                 NET_NAMES[values[self._STORM_NET]],
             )
-        return HealthReading(self.skipped_before + values[self._SKIPPED], storm)
+        return HealthReading(
+            self.skipped_before + values[self._SKIPPED], storm, self.corrupt_samples
+        )

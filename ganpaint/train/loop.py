@@ -2,8 +2,8 @@
 
 Run it with `accelerate launch train.py --config configs/NAME.yaml [key=value ...]` (many
 processes) or `ganpaint train ...` (one). Running the same command again resumes from the run
-directory's newest checkpoint. SIGTERM or SIGUSR1 (SLURM's warning before the time limit) lets the
-loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
+directory's newest checkpoint. SIGTERM, SIGUSR1 (SLURM's warning before the time limit) or Ctrl-C
+lets the loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
 save a checkpoint there and return normally, so a requeued job carries on.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -21,13 +22,14 @@ from torchvision.utils import save_image
 from ganpaint import config as config_lib
 from ganpaint.config import TrainConfig
 from ganpaint.data.captions import training_tokenizer
-from ganpaint.data.stream import read_manifest
+from ganpaint.data.manifest import check_split, read_manifest
 from ganpaint.errors import UserError
 from ganpaint.export import save_export
 from ganpaint.models import registry
 from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
 from ganpaint.train.backend import TrainState
+from ganpaint.train.distributed import sum_over_ranks
 from ganpaint.train.feed import DataFeed
 from ganpaint.train.guard import HealthReading
 from ganpaint.train.log import RunLogger
@@ -43,22 +45,28 @@ class TrainingDiverged(UserError):
 
 
 class StopSignals:
-    """Remembers SIGTERM / SIGUSR1 so the loop can stop at a step boundary.
+    """Remembers SIGTERM / SIGUSR1 / SIGINT so the loop can stop at a step boundary.
 
-    A launcher may start this process with those signals blocked (the SLURM node supervisor in
+    A second Ctrl-C stops at once (KeyboardInterrupt; saves are atomic, so no checkpoint is
+    harmed); one within SECOND_PRESS_S of the first is the same press relayed (`accelerate launch`
+    forwards it to every process the terminal already signalled).
+
+    A launcher may start this process with the signals blocked (the SLURM node supervisor in
     ganpaint/launch_plan.py does, because SLURM signals every process of a job step): entering
     unblocks them, so one that arrived during start-up is delivered here, and leaving restores the
     mask (and ignores the signals it held back), so one that arrives after the loop cannot kill a
     process that has finished its work.
     """
 
-    NUMBERS = (signal.SIGTERM, signal.SIGUSR1)
+    NUMBERS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    SECOND_PRESS_S = 1.0
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.seen: set[int] = set()
         self.previous = {}
         self.previous_mask: set[int] = set()
+        self.interrupted_at: float | None = None
 
     def __enter__(self) -> StopSignals:
         for number in self.NUMBERS:
@@ -67,6 +75,12 @@ class StopSignals:
         return self
 
     def _handle(self, number: int, frame) -> None:
+        if number == signal.SIGINT:
+            now = time.monotonic()
+            if self.interrupted_at is None:
+                self.interrupted_at = now
+            elif now - self.interrupted_at >= self.SECOND_PRESS_S:
+                signal.default_int_handler(number, frame)  # raises KeyboardInterrupt
         self.received = number
         self.seen.add(number)
 
@@ -84,6 +98,12 @@ def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
     if config.model.hole_fill == "zero":
         return torch.zeros(3)
     return torch.tensor(manifest["mean_rgb"], dtype=torch.float32)
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    for path in (run_dir, checkpoint.checkpoint_root(run_dir)):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"run.dir: {path} exists and is not a directory")
 
 
 def _settings_changes(config: TrainConfig, run_dir: Path) -> dict:
@@ -114,18 +134,6 @@ def _record_changes(run_dir: Path, step: int, changes: dict, logger: RunLogger) 
     logger.message(f"continuing {run_dir} at step {step} with changed settings: {text}")
     with (run_dir / "config_changes.jsonl").open("a") as record:
         record.write(json.dumps({"step": step, "changes": changes}) + "\n")
-
-
-def _resume(
-    state: TrainState, config: TrainConfig, run_dir: Path, chosen: Path | None = None
-) -> int:
-    path = chosen or checkpoint.latest(run_dir)
-    if path is None:
-        return 0
-    saved = checkpoint.read_state(path)
-    checkpoint.check_compatible(saved, config, path)
-    checkpoint.load(state, path)
-    return int(saved["step"])
 
 
 def _agree(accelerator: Accelerator, flag: bool) -> bool:
@@ -159,8 +167,11 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     accelerator = backend.accelerator
     config_lib.validate(config, accelerator.num_processes)
     run_dir = Path(config.run.dir)
+    _check_run_dir(run_dir)
     changes = _settings_changes(config, run_dir)
     manifest = read_manifest(config.data.shards)
+    if config.data.val_images:
+        check_split(manifest, config.data.shards, config.data.val_split)
     tokenizer = None  # caption families: the shards' tokenizer, exported with the generator
     if registry.get(config.model.family).captions:
         tokenizer = training_tokenizer(config.data.shards, config.model.vocabulary_size)
@@ -171,8 +182,14 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     phase_ends = boundaries(run_phases)
     total = config.schedule.total_steps
 
-    # Resume: the newest checkpoint of this run directory, if any, in the right phase.
-    step = _resume(state, config, run_dir, Path(resume_from) if resume_from else None)
+    validation = None  # data.val_images 0: no validation grids or figures
+    if accelerator.is_main_process and config.data.val_images:
+        validation = load_validation_set(config, accelerator.device)
+
+    # Resume: the newest usable checkpoint of this run directory (or the chosen one), if any, in
+    # the right phase.
+    chosen = Path(resume_from) if resume_from else None
+    step, resume_notes = checkpoint.resume(state, config, run_dir, chosen)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -188,9 +205,6 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         trackers=accelerator if others else None,
         config_values=config_lib.to_dict(config),
     )
-    validation = (
-        load_validation_set(config, accelerator.device) if accelerator.is_main_process else None
-    )
     # torchrun and accelerate launch say how many processes share this node
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     loader_config, note = fit_workers(config, local_processes)
@@ -203,6 +217,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         accelerator.device,
         run_phases,
     )
+    for note in resume_notes:
+        logger.message(note)
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
     if accelerator.is_main_process:
@@ -219,7 +235,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         return checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
 
     def show(at_step: int) -> dict[str, float]:
-        if not accelerator.is_main_process:
+        if validation is None:
             return {}
         scalars, grid = run_validation(plain_generator, settings, validation)
         logger.scalars(at_step, scalars)
@@ -247,6 +263,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
             while step < total:
                 phase = phase_at(step, run_phases)
                 losses = STEP_FUNCTIONS[phase.kind](state, settings, feed.batches(step))
+                state.health.corrupt_samples += feed.take_skipped()
                 step += 1
                 state.health.end_step(step, config.run.max_bad_steps)
                 logger.record(losses, config.data.batch_size)
@@ -258,7 +275,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 stop = False
                 if step % config.log.every_steps == 0 or step == total:
                     health = _checked(state.health.read(), run_phases)
-                    logger.tick(step, phase.name, _tick_extras(state, health))
+                    corrupt = sum_over_ranks(accelerator, health.corrupt_samples)
+                    logger.tick(step, phase.name, _tick_extras(state, health, corrupt))
                     stop = _agree(accelerator, signals.received is not None)
                 if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
@@ -288,17 +306,23 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 tokenizer,
             )
             _report(run_dir, show(step), logger, config.model.hole_fill)
-            logger.message(
-                f"validation set: {len(validation.images)} images of split {validation.split!r}"
-            )
+            if validation is not None:
+                logger.message(
+                    f"validation set: {len(validation.images)} images of split {validation.split!r}"
+                )
         return run_dir
     finally:
+        feed.close()
         logger.close()
 
 
-def _tick_extras(state: TrainState, health: HealthReading) -> dict[str, float]:
-    """Health and learning rates, logged beside the losses at every tick."""
-    extras = {"health/skipped_steps": float(health.skipped)}
+def _tick_extras(state: TrainState, health: HealthReading, corrupt: int) -> dict[str, float]:
+    """Health (`corrupt`: the run's corrupt samples, over all ranks) and learning rates, logged
+    beside the losses at every tick."""
+    extras = {
+        "health/skipped_steps": float(health.skipped),
+        "health/corrupt_samples": float(corrupt),
+    }
     for name, optimizer in state.optimizers().items():
         extras[f"lr/{name}"] = float(optimizer.param_groups[0]["lr"])
     return extras

@@ -17,6 +17,7 @@ from ganpaint.completion import complete, fill_holes
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import held_out_split, val_batch
+from ganpaint.errors import UserError
 from ganpaint.eval.metrics import psnr
 from ganpaint.models.layers import evaluating
 from ganpaint.train.steps import StepSettings
@@ -35,12 +36,19 @@ class ValidationSet:
 
 
 def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
+    """The fixed batch (data.val_images >= 1); UserError (one line) if no image of the split
+    decodes."""
     split = held_out_split(config.data.shards, config.data.val_split)
     loaded, tokens = val_batch(config.data, config.data.val_images, split), None
     if config.data.captions:
         loaded, tokens = loaded[0], loaded[1].to(device)
     images = loaded.to(device).float() / 255
     count = images.shape[0]
+    if not count:
+        raise UserError(
+            f"{config.data.shards}: no image of split {split!r} decodes: re-pack "
+            "the shards, name another data.val_split, or set data.val_images=0 (no validation)"
+        )
     seed = config.run.seed + VALIDATION_SEED_OFFSET
     holes = make_holes(
         config.masks, count, config.data.image_px, hole_generator(seed, 0, 0, device), device
