@@ -111,3 +111,26 @@ def test_no_deepspeed_branch_in_steps_checkpoint_or_loop():
         text = (PACKAGE / "train" / name).read_text()
         assert "import deepspeed" not in text and "from ganpaint.train import deepspeed" not in text
         assert ".deepspeed" not in text, name
+
+
+def test_a_ddp_run_never_imports_deepspeed(synthetic_shards, tmp_path):
+    """DeepSpeed is imported only by runs that use it (importing it prints its accelerator banner)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from ganpaint.cli import main\n"
+        f"main(['train', '--config', 'demo', 'data.shards={synthetic_shards}', 'run.dir={tmp_path}',\n"
+        "      'data.image_px=32', 'data.resize_min_px=32', 'data.resize_max_px=32', 'data.workers=0',\n"
+        "      'masks.local_px=16', 'masks.hole_min_px=8', 'masks.hole_max_px=12', 'model.width=8',\n"
+        "      'model.disc_width=8', 'model.fc_features=16', 'data.batch_size=4', 'data.val_images=2',\n"
+        "      'schedule.completion_steps=1', 'schedule.discriminator_steps=1', 'schedule.total_steps=3',\n"
+        "      'log.progress=none'])\n"
+        "assert 'deepspeed' not in sys.modules, 'deepspeed was imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Setting accelerator" not in done.stdout + done.stderr

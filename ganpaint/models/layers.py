@@ -174,8 +174,9 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def plain_module(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP, DeepSpeed and torch.compile wrappers, in any order.
+def plain_module(model: nn.Module, keep_compiled: bool = False) -> nn.Module:
+    """The user's module inside DDP, DeepSpeed and torch.compile wrappers, in any order
+    (`keep_compiled`: stop at a compiled module, to call it without DDP's hooks but compiled).
 
     Written out rather than accelerate's `extract_model_from_parallel`, which imports DeepSpeed
     (and prints its accelerator banner) in every run where it is installed.
@@ -187,7 +188,7 @@ def plain_module(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, wrappers):
             model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+        elif hasattr(model, "_orig_mod") and not keep_compiled:  # torch.compile's wrapper
             model = model._orig_mod
         else:
             return model

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, extract_model_from_parallel
+from accelerate.utils import DistributedDataParallelKwargs
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -53,7 +53,7 @@ class TrainState:
     def __post_init__(self) -> None:
         # Called without DDP hooks when the generator is judged: no gradient all-reduce for D.
         # Unwrapped from DDP or DeepSpeed only, so a compiled D stays compiled there too.
-        self.plain_discriminator = extract_model_from_parallel(self.discriminator)
+        self.plain_discriminator = plain_module(self.discriminator, keep_compiled=True)
 
     @property
     def accelerator(self) -> Accelerator:
