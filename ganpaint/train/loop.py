@@ -346,7 +346,10 @@ def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger, fill_na
 
 
 def train_command(
-    config: str | None, resume: str | None, resume_from: str | None, overrides: list[str]
+    config: str | None = None,
+    resume: str | None = None,
+    resume_from: str | None = None,
+    overrides: list[str] = (),
 ) -> int:
     """`ganpaint train` and `train.py`: a config (a new run, or the same command again), or
     `--resume RUN_DIR` (its saved config, with overrides that keep the model and the data), or
@@ -362,6 +365,7 @@ def train_command(
                 f"--resume {resume}: no config.yaml there (not a ganpaint run directory)"
             )
         config, overrides = str(saved), [*overrides, f"run.dir={resume}"]
+    overrides = list(overrides)
     if resume_from and not (Path(resume_from) / "state.json").is_file():
         raise UserError(f"--resume-from {resume_from}: not a checkpoint directory (no state.json)")
     train(config_lib.load(config, overrides), resume_from=resume_from)
