@@ -25,7 +25,8 @@ BRUSH_PRESETS = ("thin", "medium", "thick")
 OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
-HOLE_FILLS = ("mean", "zero")
+HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic")
+PAPER_DILATIONS = (2, 4, 8, 16)  # GLCIC Table 1: the four dilated rows of the completion net
 
 
 class ConfigError(UserError, ValueError):
@@ -76,7 +77,11 @@ class ModelConfig:
     disc_width: int = 64  # discriminator base channels (papers: 64)
     fc_features: int = 1024  # GLCIC discriminators' fully connected width
     latent_dim: int = 100  # dcgan z
-    hole_fill: str = "mean"  # mean: dataset mean colour (GLCIC) | zero
+    hole_fill: str = (
+        "mean"  # the net's input fill: mean (dataset colour, GLCIC) | zero | pyramid | harmonic
+    )
+    residual: bool = False  # the generator adds a correction to its filled input (last layer zero)
+    dilations: list[int] = field(default_factory=lambda: list(PAPER_DILATIONS))  # glcic rows 7-10
 
 
 @dataclass(frozen=True)
@@ -135,14 +140,16 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-# Fields that change the shape of a network's parameters: a checkpoint made with other values
-# cannot be resumed. Everything else (learning rates, logging, batch size) may change on resume.
+# Fields that change the shape of a network's parameters, or what they compute: a checkpoint made
+# with other values cannot be resumed. Everything else (learning rates, logging, batch size) may change on resume.
 MODEL_SHAPING_KEYS = (
     "model.family",
     "model.width",
     "model.disc_width",
     "model.fc_features",
     "model.latent_dim",
+    "model.residual",
+    "model.dilations",
     "data.image_px",
     "masks.local_px",
 )
@@ -283,6 +290,11 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
             raise ConfigError(
                 f"config key 'masks.local_px': must be a multiple of 16, got {masks.local_px}"
             )
+    if len(model.dilations) != len(PAPER_DILATIONS) or min(model.dilations) < 1:
+        raise ConfigError(
+            f"config key 'model.dilations': need {len(PAPER_DILATIONS)} rates >= 1 (the completion "
+            f"net's dilated rows), got {list(model.dilations)}"
+        )
     if model.family == "dcgan" and data.image_px != 64:
         raise ConfigError(
             f"config key 'data.image_px': dcgan generates 64 px images, got {data.image_px}"

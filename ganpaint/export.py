@@ -37,6 +37,11 @@ class Exported:
             return torch.zeros(3)
         return torch.tensor(self.mean_rgb)
 
+    @property
+    def hole_fill(self) -> str:
+        """How the net's input hole is filled (`completion.prefill`): mean, zero, pyramid, ..."""
+        return self.config.model.hole_fill
+
 
 def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     # Unwrap DDP / torch.compile wrappers so names match a freshly built net.

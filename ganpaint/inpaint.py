@@ -102,7 +102,11 @@ def _predict_full(exported: Exported, rgb: np.ndarray, hole: np.ndarray) -> np.n
     padded_image = functional.pad(image, pad, mode=mode)
     padded_hole = functional.pad(hole_mask, pad, mode=mode)
     prediction = complete(
-        exported.generator, padded_image, padded_hole, exported.fill_rgb.to(image)
+        exported.generator,
+        padded_image,
+        padded_hole,
+        exported.fill_rgb.to(image),
+        exported.hole_fill,
     )[0]
     return _to_uint8(prediction[..., :height, :width])
 
@@ -134,7 +138,8 @@ def _predict_centre(
     offset = (image_px - side) // 2
     hole_mask = torch.zeros_like(image[:, :1])
     hole_mask[..., offset : offset + side, offset : offset + side] = 1
-    prediction = complete(exported.generator, image, hole_mask, exported.fill_rgb.to(image))[0]
+    fill_rgb = exported.fill_rgb.to(image)
+    prediction = complete(exported.generator, image, hole_mask, fill_rgb, exported.hole_fill)[0]
     patch = _to_uint8(prediction[..., offset : offset + side, offset : offset + side])
     predicted = rgb.copy()
     predicted[top:bottom, left:right] = cv2.resize(

@@ -1,6 +1,7 @@
-"""Reference fills every model is judged against: the mean colour and OpenCV's Telea inpainting.
+"""Reference fills every model is judged against: a constant colour, OpenCV's Telea inpainting, the
+pyramid (push-pull) fill and the harmonic fill, and the line that names the best of them.
 
-Both return completed images in the evaluation's layout (float RGB [N, 3, H, W] in [0, 1], hole
+All return completed images in the evaluation's layout (float RGB [N, 3, H, W] in [0, 1], hole
 mask [N, 1, H, W] with 1 = hole) with the known pixels untouched, so their metrics sit beside the
 model's on the same holes.
 """
@@ -11,10 +12,18 @@ import cv2
 import numpy as np
 import torch
 
-from ganpaint.completion import fill_holes
+from ganpaint.completion import fill_holes, harmonic_fill, pyramid_fill
 
 # Telea's neighbourhood radius in pixels; 3-5 is the usual range and the GLCIC post-processing's.
 TELEA_RADIUS = 3
+LABELS = {
+    "model": "model",
+    "mean_fill": "mean fill",
+    "zero_fill": "zero fill",
+    "telea": "Telea",
+    "pyramid_fill": "pyramid fill",
+    "harmonic_fill": "harmonic fill",
+}
 
 
 def mean_fill(
@@ -49,3 +58,42 @@ def telea_fill(
     )
     telea = torch.from_numpy(filled).to(images.device).permute(0, 3, 1, 2).to(images.dtype) / 255
     return images * (1 - hole_mask) + telea * hole_mask
+
+
+def constant_fill_name(hole_fill: str) -> str:
+    """The constant-colour baseline beside a model: zero fill for a zero-filled net, else the
+    dataset's mean colour (GLCIC's input fill)."""
+    return "zero_fill" if hole_fill == "zero" else "mean_fill"
+
+
+def classical_fills(
+    images: torch.Tensor, hole_mask: torch.Tensor, constant_rgb: torch.Tensor, constant_name: str
+) -> dict[str, torch.Tensor]:
+    """Every baseline's completion of the images, by name (`constant_name` for the constant one)."""
+    return {
+        constant_name: fill_holes(images, hole_mask, constant_rgb),
+        "telea": telea_fill(images, hole_mask),
+        "pyramid_fill": pyramid_fill(images, hole_mask),
+        "harmonic_fill": harmonic_fill(images, hole_mask),
+    }
+
+
+def best_baseline(results: dict[str, dict], metric: str = "hole_psnr") -> str:
+    """The name of the baseline (any method but "model") with the highest `metric`."""
+    return max((name for name in results if name != "model"), key=lambda n: results[n][metric])
+
+
+def versus_best(results: dict[str, dict]) -> str:
+    """One line: the model's hole PSNR and SSIM against the best classical fill's (by PSNR).
+
+    results maps method -> {"hole_psnr": dB, "hole_ssim": ...}, "model" among them.
+    """
+    best = best_baseline(results)
+    model, baseline = results["model"], results[best]
+    return (
+        f"hole PSNR {model['hole_psnr']:.2f} dB model vs {baseline['hole_psnr']:.2f} dB "
+        f"{LABELS.get(best, best)}, the best classical fill "
+        f"({model['hole_psnr'] - baseline['hole_psnr']:+.2f} dB); hole SSIM "
+        f"{model['hole_ssim']:.4f} vs {baseline['hole_ssim']:.4f} "
+        f"({model['hole_ssim'] - baseline['hole_ssim']:+.4f})"
+    )

@@ -1,11 +1,12 @@
-"""`ganpaint eval`: a trained inpainting model against mean-fill and Telea on one fixed set of holes.
+"""`ganpaint eval`: a trained inpainting model against the classical fills on one fixed set of holes.
 
 The images are the first `count` of a split (deterministic centre crops at the run's image size);
 the holes are drawn once from the run's mask settings (kind from --masks, seeded by --seed) and
 saved as a bool tensor (`holes-<masks>-<px>px-<count>-seed<seed>.pt` beside the --json file, or in
 RUN_DIR/eval/), so every model evaluated into the same folder is judged on the same holes.
 Holes are drawn on the CPU so that a seed gives the same set on any machine. Each figure is
-reported for the model and for both baselines on the same images and holes.
+reported for the model and for every baseline (`baselines.classical_fills`: a constant colour,
+Telea, pyramid and harmonic fills) on the same images and holes; the last line names the best.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ganpaint.completion import complete, fill_holes
+from ganpaint.completion import complete, prefill
 from ganpaint.config import MaskConfig
 from ganpaint.errors import UserError
-from ganpaint.eval.baselines import mean_fill, telea_fill
+from ganpaint.eval.baselines import classical_fills, constant_fill_name, versus_best
 from ganpaint.eval.fid import (
     FeatureExtractor,
     frechet_distance,
@@ -32,7 +33,6 @@ from ganpaint.eval.metrics import area_bucket, image_metrics, summarize
 from ganpaint.eval.report import print_table, write_tensorboard
 from ganpaint.eval.runs import open_model, resolve_device
 
-METHODS = ("model", "mean_fill", "telea")
 BRUSH_PRESETS = ("thin", "medium", "thick")
 HOLE_CHUNK = 64  # holes are drawn in fixed chunks so the set does not depend on --batch-size
 PREVIEW_IMAGES = 8
@@ -106,15 +106,20 @@ def evaluate(
     holes: torch.Tensor,
     device: torch.device,
     extractor: FeatureExtractor | None = None,
+    hole_fill: str = "mean",
 ) -> tuple[dict, torch.Tensor]:
     """Fill every hole with the model and the baselines; score them against the originals.
 
     batches: uint8 [B, 3, H, W] images, consumed in order; holes: bool [>= total, 1, H, W].
+    fill_rgb and hole_fill: the model's input fill; mean_rgb: the mean-fill baseline's colour
+    (a zero-filled model is compared with the zero fill instead).
     Returns ({method: summary}, preview) where summary holds the metric means, per-bucket means
     and, with an extractor, fid / kid / kid_std; preview [4 * k, 3, H, W] is original | model
     input | model | telea for the first k images.
     """
-    per_image = {method: defaultdict(list) for method in METHODS}
+    constant_name = constant_fill_name(hole_fill)
+    constant_rgb = torch.zeros(3) if hole_fill == "zero" else mean_rgb
+    per_image = defaultdict(lambda: defaultdict(list))
     features = defaultdict(list)
     buckets, preview, start = [], None, 0
     for batch in batches:
@@ -122,12 +127,9 @@ def evaluate(
         hole_mask = holes[start : start + len(batch)].to(device).float()
         start += len(batch)
         with torch.no_grad():
-            completed = complete(generator, images, hole_mask, fill_rgb)[1].clamp(0, 1)
-        filled = {
-            "model": completed,
-            "mean_fill": mean_fill(images, hole_mask, mean_rgb),
-            "telea": telea_fill(images, hole_mask),
-        }
+            completed = complete(generator, images, hole_mask, fill_rgb, hole_fill)[1].clamp(0, 1)
+            baselines = classical_fills(images, hole_mask, constant_rgb.to(device), constant_name)
+        filled = {"model": completed, **baselines}
         for method, result in filled.items():
             for name, values in image_metrics(result, images, hole_mask).items():
                 per_image[method][name].append(values)
@@ -137,19 +139,19 @@ def evaluate(
                 features[name].append(extractor(result))
         if preview is None:
             shown = slice(0, PREVIEW_IMAGES)
-            model_input = fill_holes(images, hole_mask, fill_rgb)
+            model_input = prefill(images, hole_mask, fill_rgb.to(device), hole_fill)
             columns = [images[shown], model_input[shown], completed[shown], filled["telea"][shown]]
             preview = torch.stack(columns, 1).flatten(0, 1).cpu()
     if start == 0:
         raise UserError("no images to evaluate")
     all_buckets = torch.cat(buckets)
     results = {}
-    for method in METHODS:
+    for method in per_image:
         values = {name: torch.cat(parts) for name, parts in per_image[method].items()}
         results[method] = summarize(values, all_buckets)
     if extractor is not None:
         real = torch.cat(features["real"])
-        for method in METHODS:
+        for method in per_image:
             fake = torch.cat(features[method])
             kid, kid_std = kernel_inception_distance(real, fake)
             results[method] |= {"fid": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std}
@@ -200,7 +202,14 @@ def eval_command(
     print(f"holes: {'reused' if reused else 'saved'} {holes_path}")
     batches = iterate_split(shards, split, image_px, batch_size, limit=count)
     results, preview = evaluate(
-        exported.generator, exported.fill_rgb, mean_rgb, batches, holes, torch_device, extractor
+        exported.generator,
+        exported.fill_rgb,
+        mean_rgb,
+        batches,
+        holes,
+        torch_device,
+        extractor,
+        config.model.hole_fill,
     )
     evaluated = results["model"]["buckets"]
     image_count = sum(bucket["count"] for bucket in evaluated.values())
@@ -220,6 +229,7 @@ def eval_command(
         "results": results,
     }
     print_table(report)
+    print(f"{config.model.family} step {exported.step}: {versus_best(results)}")
     if extractor is None:
         print(FID_HINT)
     write_tensorboard(Path(run) / "tb", report, preview)

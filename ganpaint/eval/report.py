@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = {"model": "model", "mean_fill": "mean fill", "telea": "Telea"}
+from ganpaint.eval.baselines import LABELS
+
 ROWS = {  # summary key -> (label, format)
     "hole_psnr": ("hole PSNR (dB) ↑", "{:.2f}"),
     "hole_ssim": ("hole SSIM ↑", "{:.4f}"),
@@ -42,15 +43,15 @@ def print_table(report: dict) -> None:
     )
     table = Table(title=title)
     table.add_column("metric")
-    for label in COLUMNS.values():
-        table.add_column(label, justify="right")
+    for method in results:
+        table.add_column(LABELS.get(method, method), justify="right")
     for key, (label, pattern) in ROWS.items():
         if key in results["model"]:
-            table.add_row(label, *(pattern.format(results[method][key]) for method in COLUMNS))
+            table.add_row(label, *(pattern.format(results[method][key]) for method in results))
     for bucket, values in results["model"]["buckets"].items():
         for key in BUCKET_ROWS:
             label, pattern = ROWS[key]
-            cells = (pattern.format(results[method]["buckets"][bucket][key]) for method in COLUMNS)
+            cells = (pattern.format(results[method]["buckets"][bucket][key]) for method in results)
             table.add_row(f"{label}, hole {bucket} (n={values['count']})", *cells)
     Console().print(table)
 

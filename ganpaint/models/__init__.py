@@ -40,17 +40,18 @@ def build_nets(model: ModelConfig, image_px: int, local_px: int) -> Nets:
     """
     if model.family == "glcic":
         return Nets(
-            CompletionNet(model.width),
+            CompletionNet(model.width, model.dilations, model.residual),
             GLCICDiscriminator(image_px, local_px, model.disc_width, model.fc_features),
         )
     if model.family == "context_encoder":
         return Nets(
-            ContextEncoder(image_px, local_px, model.width),
+            ContextEncoder(image_px, local_px, model.width, model.residual),
             StridedDiscriminator(local_px, model.disc_width),
         )
     if model.family == "wgan_unet":
         return Nets(
-            WGANUNet(image_px, model.width), StridedDiscriminator(local_px, model.disc_width)
+            WGANUNet(image_px, model.width, model.residual),
+            StridedDiscriminator(local_px, model.disc_width),
         )
     if model.family == "dcgan":
         return Nets(

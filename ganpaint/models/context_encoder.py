@@ -10,6 +10,8 @@ Departures from the paper, all deliberate:
 - Output: (tanh + 1) / 2, the paper's tanh mapped to ganpaint's [0, 1]; the input is likewise mapped
   to the paper's [-1, 1] inside forward.
 - hole_mask is ignored, as in the paper: the encoder sees only the image with the centre filled.
+- Option, off in the paper presets: `residual` returns the filled input's centre plus the last
+  layer's output (zero-initialised, clamped to [0, 1]) instead of the tanh painting.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from torch import nn
 
 from ganpaint.models.layers import (
     Row,
+    center_crop,
     conv_block,
     halvings,
     init_weights,
     make_layers,
     out_channels,
     take_rows,
+    zero_last_layer,
 )
 
 # Encoder at 128 px: 4x4 stride-2 convs 128 -> 64 -> 32 -> 16 -> 8 -> 4, LeakyReLU 0.2, BN from the
@@ -57,7 +61,9 @@ class ContextEncoder(nn.Module):
 
     predicts_center = True
 
-    def __init__(self, image_px: int = 128, center_px: int = 64, width: int = 64) -> None:
+    def __init__(
+        self, image_px: int = 128, center_px: int = 64, width: int = 64, residual: bool = False
+    ) -> None:
         super().__init__()
         encoder_rows = take_rows(ENCODER, halvings(image_px), from_end=True)
         self.encoder = make_layers(encoder_rows, 3, width)
@@ -67,8 +73,13 @@ class ContextEncoder(nn.Module):
         # the first decoder row takes 1x1 to 4x4; each later one doubles, TO_RGB doubles once more
         decoder_rows = take_rows(DECODER, halvings(center_px))
         self.decoder = make_layers(decoder_rows + [TO_RGB], out_channels(self.bottleneck), width)
+        self.center_px, self.residual = center_px, residual
         self.apply(init_weights)
+        if residual:
+            zero_last_layer(self.decoder)
 
     def forward(self, image_filled: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
         code = self.bottleneck(self.encoder(image_filled * 2 - 1))
+        if self.residual:
+            return (center_crop(image_filled, self.center_px) + self.decoder(code)).clamp(0, 1)
         return (torch.tanh(self.decoder(code)) + 1) / 2

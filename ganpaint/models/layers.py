@@ -127,6 +127,24 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def center_crop(features: torch.Tensor, side: int) -> torch.Tensor:
+    """The centre side x side window of [N, C, H, W] features."""
+    top, left = (features.shape[-2] - side) // 2, (features.shape[-1] - side) // 2
+    return features[..., top : top + side, left : left + side]
+
+
+@torch.no_grad()
+def zero_last_layer(module: nn.Module) -> None:
+    """Zero the weights and bias of the module's last convolution: a residual generator then
+    starts as the identity on its filled input."""
+    last = [
+        layer for layer in module.modules() if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
+    nn.init.zeros_(last[-1].weight)
+    if last[-1].bias is not None:
+        nn.init.zeros_(last[-1].bias)
+
+
 # DCGAN discriminator (Radford et al.): 4x4 stride-2 convs w, 2w, 4w, 8w, LeakyReLU 0.2, BN from the
 # second conv on, then a 4x4 valid conv to one logit. Written for 64 px; other sides keep halving to 4x4.
 STRIDED_DISCRIMINATOR = [

@@ -10,7 +10,8 @@ its output is a WGAN score (no sigmoid, weights clamped by the training loop).
 The seed project's exact widths are not published with it; ganpaint uses DCGAN-style widths
 (w, 2w, 4w, 8w), 4x4 stride-2 convs with LeakyReLU 0.2 in the encoder and BN + ReLU transposed convs
 in the decoder, a sigmoid output, and the input mapped to [-1, 1]. hole_mask is not an input: the
-hole is always the centre square the net predicts.
+hole is always the centre square the net predicts. Option, off in the preset: `residual` returns
+the filled input's centre plus the last layer's output (zero-initialised, clamped to [0, 1]).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from torch import nn
 
 from ganpaint.models.layers import (
     Row,
+    center_crop,
     conv_block,
     halvings,
     init_weights,
     make_layers,
     out_channels,
     take_rows,
+    zero_last_layer,
 )
 
 # Encoder at 64 px: 64 -> 32 -> 16 -> 8 -> 4. Smaller images keep the first rows.
@@ -45,12 +48,6 @@ DECODER = [
 TO_RGB = Row("conv", 3, 3, norm=False, activation=None, scale=False)
 
 
-def center_crop(features: torch.Tensor, side: int) -> torch.Tensor:
-    """The centre side x side window of [N, C, H, W] features."""
-    top, left = (features.shape[-2] - side) // 2, (features.shape[-1] - side) // 2
-    return features[..., top : top + side, left : left + side]
-
-
 class WGANUNet(nn.Module):
     """forward(image_filled [N, 3, S, S] in [0, 1], hole_mask (ignored)) -> centre [N, 3, S/2, S/2].
 
@@ -60,7 +57,7 @@ class WGANUNet(nn.Module):
 
     predicts_center = True
 
-    def __init__(self, image_px: int = 64, width: int = 64) -> None:
+    def __init__(self, image_px: int = 64, width: int = 64, residual: bool = False) -> None:
         super().__init__()
         encoder_rows = take_rows(ENCODER, halvings(image_px))
         self.encoder = nn.ModuleList(make_layers(encoder_rows, 3, width))
@@ -75,7 +72,10 @@ class WGANUNet(nn.Module):
             self.decoder.append(conv_block(in_channels + skip, row, width))
             in_channels = out_channels(self.decoder[-1])
         self.to_rgb = conv_block(in_channels, TO_RGB, width)
+        self.residual = residual
         self.apply(init_weights)
+        if residual:
+            zero_last_layer(self.to_rgb)
 
     def forward(self, image_filled: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
         skips, features = [], image_filled * 2 - 1
@@ -85,4 +85,7 @@ class WGANUNet(nn.Module):
         features = self.bottleneck(features)
         for block, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
             features = block(torch.cat([features, center_crop(skip, features.shape[-1])], dim=1))
-        return torch.sigmoid(self.to_rgb(features))
+        output = self.to_rgb(features)
+        if self.residual:
+            return (center_crop(image_filled, output.shape[-1]) + output).clamp(0, 1)
+        return torch.sigmoid(output)

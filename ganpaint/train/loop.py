@@ -21,13 +21,14 @@ from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import read_manifest, train_loader
 from ganpaint.errors import UserError
+from ganpaint.eval.baselines import versus_best
 from ganpaint.export import save_export
 from ganpaint.train import checkpoint
 from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
 from ganpaint.train.setup import build_trainables, make_accelerator
 from ganpaint.train.steps import STEP_FUNCTIONS, Batch, Trainables, batches_per_step
-from ganpaint.train.validation import load_validation, validate
+from ganpaint.train.validation import load_validation, results_from_scalars, validate
 
 
 class TrainingDiverged(UserError):
@@ -181,7 +182,9 @@ def train(config: TrainConfig) -> Path:
     def show(at_step: int) -> dict[str, float]:
         if not accelerator.is_main_process:
             return {}
-        scalars, grid = validate(plain_generator, config.model.family, parts.fill_rgb, validation)
+        scalars, grid = validate(
+            plain_generator, config.model.family, parts.fill_rgb, validation, parts.hole_fill
+        )
         logger.scalars(at_step, scalars)
         logger.image_grid(at_step, "val/grid", grid)
         save_image(grid, run_dir / "samples" / f"step-{at_step:08d}.png")
@@ -244,11 +247,7 @@ def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger) -> None
         f"export:        {run_dir / 'export'}",
     ]
     if scalars:
-        model, baseline = scalars["val/hole_psnr"], scalars["val/hole_psnr_mean_fill"]
-        lines.append(
-            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB mean fill "
-            f"({model - baseline:+.2f} dB)"
-        )
+        lines.append(f"validation: {versus_best(results_from_scalars(scalars))}")
     for line in lines:
         logger.message(line)
 

@@ -129,4 +129,5 @@ def build_trainables(
         accumulation=optim.grad_accum_steps,
         global_and_local=config.model.family == "glcic",
         deepspeed=deepspeed,
+        hole_fill=config.model.hole_fill,
     )

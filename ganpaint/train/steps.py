@@ -62,6 +62,7 @@ class Trainables:
     global_and_local: bool = False  # GLCIC: D(image, local_patch); else D(local_patch)
     deepspeed: bool = False  # the nets are DeepSpeed engines (one per net)
     health: Health = field(default_factory=Health)
+    hole_fill: str = "mean"  # model.hole_fill: the generator's input fill (completion.prefill)
 
     def __post_init__(self) -> None:
         self.plain_discriminator = self.accelerator.unwrap_model(self.discriminator)
@@ -164,7 +165,7 @@ def _all_finite(parts: Trainables, loss: torch.Tensor) -> bool:
 
 
 def _complete(parts: Trainables, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    return complete(parts.generator, batch.images, batch.hole_mask, parts.fill_rgb)
+    return complete(parts.generator, batch.images, batch.hole_mask, parts.fill_rgb, parts.hole_fill)
 
 
 def _judge(
