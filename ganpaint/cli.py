@@ -102,10 +102,23 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="ganpaint.bench:bench_command")
 
 
+def _quality(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quality", help="real-photo benchmark: hold out photos, train, compare")
+    p.add_argument("--photos", required=True, help="folder of photos (every 4th is held out)")
+    p.add_argument("--output", default="runs/quality", help="shards, run and reports go here")
+    p.add_argument("--config", help="the recipe to train (default: configs/demo.yaml)")
+    p.add_argument("--steps", type=int, default=650, help="training steps (phases kept in ratio)")
+    p.add_argument("--pack-px", type=int, default=256, help="photos' shortest side when packed")
+    p.add_argument("--skimage", action="store_true", help="also test on skimage.data photos")
+    p.add_argument("--workers", type=int, default=2, help="packing processes")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value for the recipe")
+    p.set_defaults(handler="ganpaint.quality:quality_command")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganpaint", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_shards, _train, _models, _eval, _inpaint, _sample, _bench):
+    for add in (_shards, _train, _models, _eval, _inpaint, _sample, _bench, _quality):
         add(sub)
     return parser
 

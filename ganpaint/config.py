@@ -58,6 +58,7 @@ class DataConfig:
     shuffle_buffer: int = 256
     val_split: str = "val"
     val_images: int = 16  # fixed validation batch for image grids and hole PSNR
+    val_shards: str = ""  # shard directory of the validation images; empty: `shards`
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ it to a split; an `ImageReader` reads them as RGB. Files that cannot be images a
 skipped here; files that fail to decode are reported by the packer.
 
 Splits: CelebA follows `list_eval_partition.txt` (0 train, 1 val, 2 test); COCO maps `train2017/`
-to train and `val2017/` to val (no test); a folder, or a CelebA without its partition file, is split
+to train and `val2017/` to val (no test); a folder whose top level holds only `train/`, `val/` and
+`test/` subfolders is split by them; any other folder, or a CelebA without its partition file, is split
 by a hash of each relative path: `val_fraction` of the images go to val and as many to test; the
 synthetic set is split by index (the last `val_fraction` to test, the `val_fraction` before to val).
 """
@@ -232,7 +233,12 @@ def _folder(root: Path, val_fraction: float) -> Inputs:
             f"({', '.join(sorted(IMAGE_SUFFIXES))}) anywhere under it"
         )
     skipped: list[dict] = []
-    splits = _split_files(files, lambda relative: hash_split(relative, val_fraction), skipped)
+    tops = {relative.split("/", 1)[0] for relative, _ in files if "/" in relative}
+    by_folder = all("/" in relative for relative, _ in files) and tops <= set(SPLITS)
+    if by_folder:  # the user chose the split (e.g. whole photos held out for testing)
+        splits = _split_files(files, lambda relative: relative.split("/", 1)[0], skipped)
+    else:
+        splits = _split_files(files, lambda relative: hash_split(relative, val_fraction), skipped)
     return Inputs(splits, skipped)
 
 

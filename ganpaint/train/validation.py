@@ -7,6 +7,7 @@ The baselines (`eval.baselines.classical_fills`) are scored once, on the first t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,10 @@ class ValidationSet:
 
 
 def load_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
-    images = val_batch(config.data, config.data.val_images).to(device).float() / 255
+    data = config.data
+    if data.val_shards:
+        data = dataclasses.replace(data, shards=data.val_shards)
+    images = val_batch(data, data.val_images).to(device).float() / 255
     count = images.shape[0]
     seed = config.run.seed + VALIDATION_SEED_OFFSET
     holes = make_holes(
