@@ -9,9 +9,12 @@ CELEBA_DIR ?=
 COCO_DIR   ?=
 SHARD_SIZE ?= 256
 WORKERS    ?= 2
+PHOTOS     ?=
+STEPS      ?= 650
+MINUTES    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint format demo shards bench clean
+.PHONY: help setup test test-all lint format demo quality shards bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +46,10 @@ shards/synthetic/manifest.json: | setup
 
 demo: setup shards/synthetic/manifest.json  ## pack synthetic shards, train GLCIC through all 3 phases on the CPU
 	$(VENV)/bin/ganpaint train --config configs/demo.yaml
+
+quality: setup  ## real-photo benchmark: PHOTOS=DIR [STEPS=650 | MINUTES=M]; add QUALITY_ARGS=--skimage
+	@test -n "$(PHOTOS)" || { echo "make quality: set PHOTOS=DIR (a folder of photos)"; exit 2; }
+	$(VENV)/bin/ganpaint quality --photos $(PHOTOS) $(if $(MINUTES),--minutes $(MINUTES),--steps $(STEPS)) --workers $(WORKERS) $(QUALITY_ARGS)
 
 shards: setup  ## pack CELEBA_DIR and/or COCO_DIR into shards/celeba, shards/coco
 	@test -n "$(CELEBA_DIR)$(COCO_DIR)" || { echo "make shards: set CELEBA_DIR=... and/or COCO_DIR=..."; exit 2; }

@@ -108,6 +108,7 @@ def _quality(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="runs/quality", help="shards, run and reports go here")
     p.add_argument("--config", help="the recipe to train (default: configs/demo.yaml)")
     p.add_argument("--steps", type=int, default=650, help="training steps (phases kept in ratio)")
+    p.add_argument("--minutes", type=float, help="instead of --steps: minutes at the measured pace")
     p.add_argument("--pack-px", type=int, default=256, help="photos' shortest side when packed")
     p.add_argument("--skimage", action="store_true", help="also test on skimage.data photos")
     p.add_argument("--workers", type=int, default=2, help="packing processes")

@@ -76,8 +76,10 @@ def harmonic_iterations(side: int) -> int:
 
     The pyramid start is right at coarse scales, so the sweeps only settle finer ones: at 64 px,
     16 sweeps reach within 0.02 dB hole PSNR of the converged fill (1600 plain Jacobi sweeps).
+    Capped at 64 (the 256 px training crops' count) so that large user images stay affordable:
+    what the cap leaves unsettled in holes much wider than ~100 px is the pyramid's smooth start.
     """
-    return max(8, side // 4)
+    return min(64, max(8, side // 4))
 
 
 def harmonic_fill(

@@ -137,58 +137,46 @@ def prepare(
     return packed
 
 
-def quality_command(
-    photos: str,
-    output: str,
-    config: str | None,
-    steps: int,
-    pack_px: int,
-    skimage: bool,
-    workers: int,
-    overrides: list[str],
-) -> int:
-    """Prepare the data, train the recipe for `steps`, evaluate on every held-out tile set."""
+def _run(arguments: list[str], what: str) -> None:
+    """A ganpaint subcommand in a fresh process: this one has run OpenCV's thread pool, which a
+    forked loader worker would inherit mid-state and deadlock in."""
+    command = [sys.executable, "-m", "ganpaint.cli", *arguments]
+    if subprocess.run(command, check=False).returncode:
+        raise UserError(f"{what} failed: {' '.join(command)}")
+
+
+def steps_for_minutes(recipe_file: Path, schedule: ScheduleConfig, minutes: float) -> int:
+    """Training steps that fit `minutes` at this machine's pace: each phase's step is timed by
+    `ganpaint bench` (fixed batches, so loading and validation come on top) and weighted by its
+    share of the schedule."""
+    timing_file = recipe_file.with_name("pace.json")
+    _run(["bench", "--config", str(recipe_file), "--steps", "5", "--warmup", "2",
+          "--json", str(timing_file)], "timing the step")  # fmt: skip
+    step_ms = {row["name"]: row["step_ms"] for row in json.loads(timing_file.read_text())}
+    shares = {
+        "completion": schedule.completion_steps,
+        "discriminator": schedule.discriminator_steps,
+        "joint": schedule.total_steps - schedule.completion_steps - schedule.discriminator_steps,
+    }
+    mean_ms = sum(step_ms.get(name, 0) * share for name, share in shares.items())
+    mean_ms /= sum(share for name, share in shares.items() if name in step_ms)
+    steps = max(1, int(minutes * 60_000 / mean_ms))
+    print(f"{minutes} min at {mean_ms:.0f} ms per step (measured): {steps} steps")
+    return steps
+
+
+def _evaluate(run_dir: str, packed: dict[str, Path], output_dir: Path) -> None:
+    """`ganpaint eval` of the run on every held-out tile set; the last lines sum them up."""
     from ganpaint.eval.baselines import versus_best
     from ganpaint.eval.evaluate import eval_command
 
-    folder = Path(photos).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"--photos {photos}: not a directory")
-    if steps < 1 or pack_px < 16:
-        raise UserError(f"--steps {steps} / --pack-px {pack_px}: expected >= 1 / >= 16")
-    output_dir = Path(output)
-    recipe = config_lib.load(config or DEFAULT_CONFIG)
-    tile_px = recipe.data.image_px
-    packed = prepare(folder, output_dir, pack_px, tile_px, skimage, workers)
-    settings = [
-        f"data.shards={packed['shards']}",
-        f"data.val_shards={packed['tiles']}",
-        "data.val_split=test",
-        f"data.resize_min_px={pack_px}",
-        f"data.resize_max_px={pack_px}",
-        f"run.dir={output_dir / 'run'}",
-        *scaled_schedule(recipe.schedule, steps),
-        *overrides,
-    ]
-    run_config = config_lib.load(config or DEFAULT_CONFIG, settings)
-    recipe_file = output_dir / "recipe.yaml"
-    config_lib.save(run_config, recipe_file)
-    started = time.perf_counter()
-    # A fresh process: this one has run OpenCV's thread pool, which a forked loader worker
-    # would inherit mid-state and deadlock in.
-    command = [sys.executable, "-m", "ganpaint.cli", "train", "--config", str(recipe_file)]
-    if subprocess.run(command, check=False).returncode:
-        raise UserError(f"training failed: {' '.join(command)}")
-    elapsed = time.perf_counter() - started
-    print(f"trained {run_config.schedule.total_steps} steps in {elapsed:.0f} s")
-    summaries = [name for name in packed if name != "shards"]
-    for name in summaries:
-        shards = packed[name]
+    tile_sets = [name for name in packed if name != "shards"]
+    for name in tile_sets:
         count = sum(1 for _ in (output_dir / "staging" / name / "test").glob("*.png"))
         print(f"--- held-out {name}: {count} tiles ---")
         eval_command(
-            run=str(run_config.run.dir),
-            shards=str(shards),
+            run=run_dir,
+            shards=str(packed[name]),
             split="test",
             masks="rect",
             count=count,
@@ -198,7 +186,52 @@ def quality_command(
             json_out=str(output_dir / f"report-{name}.json"),
             device="auto",
         )
-    for name in summaries:
+    for name in tile_sets:
         report = json.loads((output_dir / f"report-{name}.json").read_text())
         print(f"held-out {name} ({report['images']}): {versus_best(report['results'])}")
+
+
+def quality_command(
+    photos: str,
+    output: str,
+    config: str | None,
+    steps: int,
+    minutes: float | None,
+    pack_px: int,
+    skimage: bool,
+    workers: int,
+    overrides: list[str],
+) -> int:
+    """Prepare the data, train the recipe for `steps` (or `minutes`), evaluate on the held-out tiles."""
+    folder = Path(photos).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--photos {photos}: not a directory")
+    if steps < 1 or pack_px < 16 or (minutes is not None and minutes <= 0):
+        raise UserError(
+            f"--steps {steps} / --minutes {minutes} / --pack-px {pack_px}: expected >= 1 / > 0 / >= 16"
+        )
+    output_dir = Path(output)
+    recipe = config_lib.load(config or DEFAULT_CONFIG)
+    packed = prepare(folder, output_dir, pack_px, recipe.data.image_px, skimage, workers)
+    settings = [
+        f"data.shards={packed['shards']}",
+        f"data.val_shards={packed['tiles']}",
+        "data.val_split=test",
+        f"data.resize_min_px={pack_px}",
+        f"data.resize_max_px={pack_px}",
+        f"run.dir={output_dir / 'run'}",
+        *overrides,
+    ]
+    recipe_file = output_dir / "recipe.yaml"
+    config_lib.save(config_lib.load(config or DEFAULT_CONFIG, settings), recipe_file)
+    if minutes is not None:
+        steps = steps_for_minutes(recipe_file, recipe.schedule, minutes)
+    schedule = scaled_schedule(recipe.schedule, steps)
+    run_config = config_lib.load(config or DEFAULT_CONFIG, settings + schedule)
+    config_lib.save(run_config, recipe_file)
+    started = time.perf_counter()
+    _run(["train", "--config", str(recipe_file)], "training")
+    elapsed = time.perf_counter() - started
+    print(f"trained {run_config.schedule.total_steps} steps in {elapsed:.0f} s")
+    _evaluate(run_config.run.dir, packed, output_dir)
     return 0
