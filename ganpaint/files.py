@@ -1,7 +1,9 @@
-"""Writing files so that a crash never leaves half of one: every writer in ganpaint goes through here."""
+"""Files: writing them so that a crash never leaves half of one (every writer in ganpaint goes
+through here), and their checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,3 +26,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text_atomically(path: str | Path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,7 +7,6 @@ zero, so re-packing the same inputs gives the same sha256.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 
 from ganpaint.data.sources import ImageReader, Item, SkipImage
-from ganpaint.files import write_text_atomically
+from ganpaint.files import file_sha256, write_text_atomically
 
 MANIFEST = "manifest.json"  # written last: a shard directory is complete once it holds one
 STATE_DIR = ".packing"  # unfinished tars and per-shard records, removed with the manifest written
@@ -76,14 +75,6 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size, info.mode, info.mtime = len(data), 0o444, 0
     info.uname = info.gname = "ganpaint"
     tar.addfile(info, io.BytesIO(data))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, value: dict) -> None:

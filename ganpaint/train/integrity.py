@@ -9,14 +9,13 @@ hand edit anywhere shows up as a mismatch, whatever the backend wrote.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
 from pathlib import Path
 
 from ganpaint.errors import UserError
-from ganpaint.files import write_text_atomically
+from ganpaint.files import file_sha256, write_text_atomically
 
 RECORD = "complete.json"
 FORMAT = 1
@@ -37,21 +36,13 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_record(directory: Path) -> None:
     """Record every file under `directory` (call once all of them are written)."""
     files = {}
     for path in sorted(directory.rglob("*")):
         if path.is_file() and path.name != RECORD:
             name = path.relative_to(directory).as_posix()
-            files[name] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
+            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     write_text_atomically(directory / RECORD, json.dumps({"format": FORMAT, "files": files}))
 
 
@@ -91,5 +82,5 @@ def verify(directory: Path) -> None:
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise CheckpointDamaged(f"{name} has {size} bytes, its record says {entry['bytes']}")
-        if _digest(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             raise CheckpointDamaged(f"{name} does not match its recorded sha256")
