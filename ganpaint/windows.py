@@ -105,7 +105,15 @@ class _Group:
 def _hole_groups(hole: np.ndarray) -> list[_Group]:
     """One group per 8-connected piece of the hole (one for all of them past MAX_GROUPS)."""
     hole_u8 = hole.astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(hole_u8, connectivity=8)
+    # OpenCV's parallel labelling starts its thread pool, and a process forked after that (a
+    # DataLoader worker of a later training run in the same process) hangs at its first parallel
+    # OpenCV call: label on this thread only.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(hole_u8, connectivity=8)
+    finally:
+        cv2.setNumThreads(threads)
     reach_map = cv2.distanceTransform(hole_u8, cv2.DIST_L2, cv2.DIST_MASK_5)
     reaches = np.zeros(count, np.float32)
     np.maximum.at(reaches, labels[hole], reach_map[hole])

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from ganpaint.windows import (
     receptive_radius_px,
 )
 
+ROOT = Path(__file__).parent.parent
 # glcic trained on 32 px crops with holes up to 12 px: reach 6 px, receptive radius 155 px
 GLCIC = NetGeometry(predicts_center=False, context_px=155, trained_reach_px=6.0, image_px=32)
 
@@ -125,3 +129,50 @@ def test_large_photo_is_inpainted_through_a_window(tmp_path: Path, glcic_run: Pa
     np.testing.assert_array_equal(result[~hole], original[~hole])
     assert (result[hole] != original[hole]).any()
     assert elapsed < 20, elapsed  # PNG decode + encode dominate; the whole image would be slower
+
+
+# Plans windows, then streams batches from loader workers forked afterwards (three loaders: the
+# hang it guards against struck about two forks in three).
+FORK_AFTER_PLANNING = """
+import multiprocessing, os, sys, threading
+import numpy as np
+from ganpaint import config
+from ganpaint.data.stream import train_loader
+from ganpaint.windows import NetGeometry, plan_windows
+
+def give_up():
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(3)
+
+hole = np.zeros((37, 53), bool)
+hole[10:20, 10:30] = True
+plan_windows(hole, NetGeometry(False, 155, 6.0, 32), "test")
+data = config.load(None, [f"data.shards={sys.argv[1]}", "data.workers=2", "data.image_px=32",
+                          "data.resize_min_px=32", "data.resize_max_px=40"]).data
+threading.Timer(60, give_up).start()
+for _ in range(3):
+    loader = iter(train_loader(data, 4, rank=0, world_size=1, seed=0, start_step=0))
+    [next(loader) for _ in range(2)]
+    del loader
+os._exit(0)
+"""
+
+
+def test_loader_workers_forked_after_planning_do_not_hang(
+    synthetic_shards: Path, tmp_path: Path
+) -> None:
+    """OpenCV's parallel labelling would start its thread pool, and a DataLoader worker forked
+    after it could hang (exit 3 here) at its first OpenCV call: a training run after an inpaint
+    in the same process, or this test suite, which hung that way."""
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:  # a file, not a pipe: a stuck worker could hold a pipe open
+        code = subprocess.call(
+            [sys.executable, "-c", FORK_AFTER_PLANNING, str(synthetic_shards)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            timeout=120,
+        )
+    assert code == 0, errors.read_text()[-2000:]
