@@ -245,6 +245,9 @@ class StopRelay:
 
     def __init__(self) -> None:
         self.received: list[int] = []
+        self.passed_on = 0  # how many of `received` reached the training processes
+        self.launcher: subprocess.Popen | None = None
+        self.passing = False
         self.previous = {number: signal.signal(number, self._record) for number in STOP_SIGNALS}
 
     def __enter__(self) -> StopRelay:
@@ -256,6 +259,22 @@ class StopRelay:
 
     def _record(self, number: int, frame) -> None:
         self.received.append(number)
+        # Pass it on at once: the training processes may get the same signal from SLURM, stop
+        # and be gone before the next poll, and a later look would find no one to tell.
+        self._pass_on_pending()
+
+    def _pass_on_pending(self) -> None:
+        # A signal that lands while this runs (SLURM may send several) waits for the next poll:
+        # a nested call would print from inside a print.
+        if self.passing or self.launcher is None or len(self.received) <= self.passed_on:
+            return
+        self.passing = True
+        try:
+            count = len(self.received)
+            if _pass_on(self.launcher.pid, self.received[-1]):
+                self.passed_on = count
+        finally:
+            self.passing = False
 
     def run(self, command: Sequence[str], poll_s: float = 0.2) -> int:
         """Run `command` in its own session; pass each stop signal to its children only.
@@ -270,16 +289,25 @@ class StopRelay:
         # signal that arrives before then waits, blocked, instead of being lost.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            launcher = subprocess.Popen(list(command), start_new_session=True)
+            self.launcher = subprocess.Popen(list(command), start_new_session=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        passed_on = 0
-        while launcher.poll() is None:
-            if len(self.received) > passed_on and _pass_on(launcher.pid, self.received[-1]):
-                passed_on = len(self.received)
+        while self.launcher.poll() is None:
+            self._pass_on_pending()  # signals that came before the training processes existed
             time.sleep(poll_s)
-        status = launcher.returncode
+        status = self.launcher.returncode
+        self.launcher = None
         return 128 - status if status < 0 else status
+
+    def ignore_from_now_on(self) -> None:
+        """Ignore the stop signals for the rest of this process, which has nothing left to stop.
+
+        SLURM keeps signalling a stopping step (scancel: TERM to every process, again and again),
+        and Python puts the default handlers back while it shuts down: a TERM in that window
+        would end the supervisor as "Terminated" after a clean stop.
+        """
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
 
 
 def _pass_on(launcher_pid: int, number: int) -> bool:
@@ -309,7 +337,9 @@ def _node(config: str, overrides: list[str]) -> int:
     command = node_command(job, int(rank), config, overrides, env)
     run_dir(config, overrides)  # fail here, once per node, rather than in every process
     print(f"node {rank} {job.hosts[int(rank)]}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    return relay.run(command)
+    status = relay.run(command)
+    relay.ignore_from_now_on()
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,12 @@ class Job:
         lines = stats.read_text().splitlines() if stats.exists() else []
         return [int(line.split('"step": ')[1].split(",")[0]) for line in lines]
 
+    def seconds_per_step(self) -> float:
+        """Average training time per step, from the times in stats.jsonl (start-up excluded)."""
+        lines = (self.run_dir / "stats.jsonl").read_text().splitlines()
+        first, last = (json.loads(line) for line in (lines[0], lines[-1]))
+        return (last["time"] - first["time"]) / (last["step"] - first["step"])
+
     def watch(
         self, until: Callable[[dict], bool], timeout_s: float, on_poll: Callable[[], None] = None
     ) -> None:

@@ -7,6 +7,7 @@ prints the measured timelines). Jobs are tiny (32 px crops, width-8 nets): 30-60
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -155,22 +156,25 @@ def test_usr1_to_the_batch_shell_checkpoints_requeues_and_resumes(submit, refere
     )
 
 
-LONG_STEPS = 900  # still training 55 s after the start (about 75 s uninterrupted)
+def long_steps(reference: Job, training_s: float = 75.0) -> int:
+    """Steps for about `training_s` of uninterrupted training at the reference job's pace."""
+    return max(STEPS, 5 * math.ceil(training_s / reference.seconds_per_step() / 5))
 
 
-def test_time_limit_warning_takes_the_same_path(submit):
+def test_time_limit_warning_takes_the_same_path(submit, reference):
     # Slurm checks time limits every 30 s: with --time=1 and B:USR1@5 the warning comes 25-55 s
-    # after the start (while the LONG_STEPS run trains) and the kill at the limit at least 30 s
-    # after the warning. Once requeued, the limit is raised so the resumed run can finish
-    # instead of being warned again every minute.
+    # after the start, so the run must still be training then, on a fast machine as on a slow
+    # one; the kill at the limit comes at least 30 s after the warning. Once requeued, the limit
+    # is raised so the resumed run can finish instead of being warned again every minute.
+    steps = long_steps(reference)
     options = [*SINGLE_NODE, "--time=1", "--signal=B:USR1@5"]
-    job = submit("time-limit", options=options, steps=LONG_STEPS)
+    job = submit("time-limit", options=options, steps=steps)
     timeline = Timeline(job)
     job.watch(lambda info: int(info["Restarts"]) >= 1, 150, on_poll=timeline.poll)
     job.cluster.run(["scontrol", "update", f"JobId={job.job_id}", "TimeLimit=5"])
     job.watch(finished, JOB_TIMEOUT_S, on_poll=timeline.poll)
     assert "checkpoint saved at step" in job.log("node0"), "warned before training started"
-    stopped_at = assert_resumed_once(job, LONG_STEPS)
+    stopped_at = assert_resumed_once(job, steps)
     assert "SIGTERM" not in job.log("batch")
     batch = job.log("batch")
     warned = logged_at(batch, "SIGUSR1:") - logged_at(batch, "(restart 0)")
