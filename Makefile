@@ -10,9 +10,11 @@ COCO_DIR   ?=
 SHARD_SIZE ?= 256
 WORKERS    ?= 2
 SERVE_RUN  ?= runs/demo
+PHOTOS     ?=
+STEPS      ?= 650
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all test-slurm lint format demo shards bench serve screenshot clean
+.PHONY: help setup test test-all test-slurm lint format demo quality shards bench serve screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +50,10 @@ shards/synthetic/manifest.json: | setup
 
 demo: setup shards/synthetic/manifest.json  ## pack synthetic shards, train GLCIC through all 3 phases on the CPU
 	$(VENV)/bin/ganpaint train --config configs/demo.yaml
+
+quality: setup  ## real-photo benchmark: PHOTOS=DIR [STEPS=650]: hold out whole photos, train the demo recipe, compare
+	@test -n "$(PHOTOS)" || { echo "make quality: set PHOTOS=DIR (a folder of photos)"; exit 2; }
+	$(VENV)/bin/ganpaint quality --photos $(PHOTOS) --steps $(STEPS) --output runs/quality-$(STEPS) --workers $(WORKERS)
 
 shards: setup  ## pack CELEBA_DIR and/or COCO_DIR into shards/celeba, shards/coco
 	@test -n "$(CELEBA_DIR)$(COCO_DIR)" || { echo "make shards: set CELEBA_DIR=... and/or COCO_DIR=..."; exit 2; }

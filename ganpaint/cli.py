@@ -185,6 +185,28 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="ganpaint.bench:bench_command")
 
 
+def _quality(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quality",
+        help="real-photo benchmark: hold out whole photos, train, compare with classical fills",
+    )
+    p.add_argument(
+        "--photos", required=True, help="folder of photos (every 4th by name is held out)"
+    )
+    p.add_argument("--output", default="runs/quality", help="shards, run and reports go here")
+    p.add_argument(
+        "--config", help="the recipe to train, a preset name or a YAML path (default: demo)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=650, help="training steps (the phases keep their ratio)"
+    )
+    p.add_argument("--pack-px", type=int, default=256, help="the photos' shortest side when packed")
+    p.add_argument("--skimage", action="store_true", help="also score tiles of skimage.data photos")
+    p.add_argument("--workers", type=int, default=2, help="packing processes")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value for the recipe")
+    p.set_defaults(handler="ganpaint.quality:quality_command")
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Each flag's default after its help (when it has one); descriptions keep their line breaks."""
 
@@ -202,7 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ganpaint {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_shards, _train, _config, _models, _eval, _inpaint, _sample, _bench, _serve):
+    for add in (
+        _shards,
+        _train,
+        _config,
+        _models,
+        _eval,
+        _inpaint,
+        _sample,
+        _bench,
+        _quality,
+        _serve,
+    ):
         add(sub)
     for command in sub.choices.values():
         command.formatter_class = _HelpFormatter

@@ -1,10 +1,15 @@
 """Filling holes and compositing: the one place that turns (image, hole_mask) into a completed image.
 
 The training loop, evaluation and `ganpaint inpaint` all go through `complete`, so the hole fill and
-the centre-patch pasting of Context Encoders / WGAN U-Net are the same everywhere.
+the centre-patch pasting of Context Encoders / WGAN U-Net are the same everywhere. A net's input
+fill (`model.hole_fill`, a `HoleFill`) is a constant colour (mean, zero: the papers) or a smooth
+fill from the pixels around the hole (pyramid, harmonic); the smooth fills double as classical
+baselines in evaluation.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -53,6 +58,80 @@ def pyramid_fill(images: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
     return images * known + filled * (1 - known)
 
 
+# Red-black successive over-relaxation factor of the harmonic fill: near the optimum
+# 2 / (1 + sin(pi / n)) for holes of n = 20-40 px; any value in (1, 2) converges.
+OVERRELAXATION = 1.85
+
+
+def _neighbour_mean(images: torch.Tensor) -> torch.Tensor:
+    """Mean of each pixel's four neighbours; the border repeats itself (no flux across the edge)."""
+    padded = nn.functional.pad(images, (1, 1, 1, 1), mode="replicate")
+    up, down = padded[..., :-2, 1:-1], padded[..., 2:, 1:-1]
+    left, right = padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]
+    return (up + down + left + right) / 4
+
+
+def harmonic_sweeps(side: int) -> int:
+    """Relaxation sweeps of the harmonic fill for images of this side (px).
+
+    The pyramid start is right at coarse scales, so the sweeps only settle finer ones: at 64 px
+    16 sweeps come within 0.02 dB hole PSNR of the converged fill (tests/test_completion.py).
+    Capped at 64 so that large images stay affordable: what the cap leaves unsettled in holes
+    much wider than ~100 px is the pyramid's smooth start.
+    """
+    return min(64, max(8, side // 4))
+
+
+def harmonic_fill(
+    images: torch.Tensor, hole_mask: torch.Tensor, sweeps: int | None = None
+) -> torch.Tensor:
+    """Laplace (membrane) fill: the smoothest surface through the colours around the hole.
+
+    Each hole pixel becomes the mean of its four neighbours, the known pixels being the boundary
+    condition. Solved from the pyramid fill by red-black over-relaxation (`sweeps`, default
+    `harmonic_sweeps`): a few elementwise device ops per sweep, no host sync. It carries the
+    gradients across the hole that push-pull averages into blocks.
+
+    images [N,3,H,W] in [0,1]; hole_mask [N,1,H,W], 1 = hole. Known pixels come back exactly.
+    """
+    filled = pyramid_fill(images, hole_mask)
+    hole = hole_mask.to(filled.dtype)
+    height, width = filled.shape[-2:]
+    rows = torch.arange(height, device=filled.device).view(-1, 1)
+    columns = torch.arange(width, device=filled.device).view(1, -1)
+    red = ((rows + columns) % 2 == 0).to(filled.dtype)
+    # Red pixels' neighbours are all black and vice versa: each half-sweep is a Gauss-Seidel step.
+    half_sweeps = (OVERRELAXATION * hole * red, OVERRELAXATION * hole * (1 - red))
+    for _ in range(harmonic_sweeps(min(height, width)) if sweeps is None else sweeps):
+        for weight in half_sweeps:
+            filled = filled + weight * (_neighbour_mean(filled) - filled)
+    return filled
+
+
+@dataclass(frozen=True)
+class HoleFill:
+    """What a net's input holds in the hole (`model.hole_fill`).
+
+    kind: mean | zero (the constant `rgb`, the papers' input), pyramid | harmonic (smooth fills
+    from the pixels around the hole; with `model.residual` the net adds a correction to them).
+    Called as fill(images [N,3,H,W], hole_mask [N,1,H,W]) -> filled images, outside autograd.
+    """
+
+    kind: str
+    rgb: torch.Tensor  # [3] in [0, 1]: the constant fill's colour
+
+    def __call__(self, images: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # a function of the data alone: nothing to differentiate
+            if self.kind == "pyramid":
+                return pyramid_fill(images, hole_mask)
+            if self.kind == "harmonic":
+                return harmonic_fill(images, hole_mask)
+            return fill_holes(images, hole_mask, self.rgb)
+
+    def to(self, device: torch.device | str) -> HoleFill:
+        return HoleFill(self.kind, self.rgb.to(device))
+
+
 def paste_center(images: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
     """Put a [N,3,P,P] patch into the centre of [N,3,H,W] images (out of place, differentiable)."""
     height, width = images.shape[-2:]
@@ -67,18 +146,18 @@ def complete(
     generator: nn.Module,
     images: torch.Tensor,
     hole_mask: torch.Tensor,
-    fill_rgb: torch.Tensor,
+    hole_fill: HoleFill,
     predicts_center: bool,
     tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run an inpainting generator and composite its output into the known pixels.
+    """Run an inpainting generator on the `hole_fill`ed images and composite its output.
 
     Returns (prediction, completed), both [N,3,H,W] in [0,1]: `prediction` is the net's raw output
     (for centre-predicting nets, as their family declares, pasted into the filled input),
     `completed` keeps the known pixels of `images` and takes the prediction inside the hole only.
     `tokens` [N, T]: the captions of caption-conditioned generators (passed after hole_mask).
     """
-    filled = fill_holes(images, hole_mask, fill_rgb)
+    filled = hole_fill(images, hole_mask)
     captions = () if tokens is None else (tokens,)
     output = generator(filled, hole_mask, *captions)
     prediction = paste_center(filled, output) if predicts_center else output

@@ -38,7 +38,7 @@ TRACKER_MODULES = {
     "clearml": "clearml",
     "dvclive": "dvclive",
 }
-HOLE_FILLS = ("mean", "zero")
+HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic")  # completion.HoleFill
 LOCAL_PLACEMENTS = ("centred", "random")
 CROPS = ("random", "centre")
 
@@ -76,6 +76,7 @@ class DataConfig:
     shuffle_buffer: int = 256
     val_split: str = "val"
     val_images: int = 16  # fixed validation batch for image grids and hole PSNR; 0 = none
+    val_shards: str = ""  # shard directory of the validation images; empty: `shards`
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,14 @@ class ModelConfig:
     # caption families: rows of the word embedding; at least the shards' tokenizer vocabulary
     # (ganpaint's tokenizers hold at most 10,000 words)
     vocabulary_size: int = 10_000
-    hole_fill: str = "mean"  # mean: dataset mean colour (GLCIC) | zero
+    # The net's input in the hole: mean (the dataset's mean colour, GLCIC) | zero | pyramid |
+    # harmonic (smooth fills from the pixels around the hole)
+    hole_fill: str = "mean"
+    residual: bool = (
+        False  # the generator adds a correction to its filled input (models/residual.py)
+    )
+    # glcic: rates of the completion net's four dilated rows (paper: 2, 4, 8, 16 at 256 px)
+    dilations: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,8 @@ MODEL_SHAPING_KEYS = (
     "model.fc_features",
     "model.latent_dim",
     "model.vocabulary_size",
+    "model.residual",
+    "model.dilations",
     "data.image_px",
     "masks.local_px",
 )
@@ -358,6 +368,8 @@ def _family_rules(config: TrainConfig) -> None:
         raise ConfigError(
             f"config key 'schedule.reconstruction_only': {family.name} has no reconstruction loss"
         )
+    if config.model.residual and not family.inpaints:
+        raise ConfigError(f"config key 'model.residual': {family.name} fills no holes to correct")
     if family.inpaints:
         if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
             raise ConfigError(

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from ganpaint import config as config_lib
-from ganpaint.completion import complete
+from ganpaint.completion import HoleFill, complete
 from ganpaint.config import ConfigError, TrainConfig
 from ganpaint.data.captions import encode, tokenizer_from_json
 from ganpaint.errors import UserError
@@ -54,9 +54,9 @@ class Exported:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(prediction, completed) for images [N,3,H,W] in [0,1] and hole_mask [N,1,H,W] (and,
         for caption families, token ids [N, T] from `encode_captions`)."""
-        fill_rgb = self.fill_rgb.to(images)
+        hole_fill = self.hole_fill.to(images.device)
         return complete(
-            self.generator, images, hole_mask, fill_rgb, self.family.predicts_center, tokens
+            self.generator, images, hole_mask, hole_fill, self.family.predicts_center, tokens
         )
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
@@ -68,6 +68,11 @@ class Exported:
         ids = [encode(self.tokenizer, caption, max_tokens) for caption in captions]
         device = next(self.generator.parameters()).device
         return torch.from_numpy(np.stack(ids)).to(device)
+
+    @property
+    def hole_fill(self) -> HoleFill:
+        """The net's input fill (model.hole_fill), as in training."""
+        return HoleFill(self.config.model.hole_fill, self.fill_rgb)
 
     @property
     def fill_rgb(self) -> torch.Tensor:

@@ -170,15 +170,28 @@ def test_l2_only_run_never_updates_the_critic(synthetic_shards, make_config):
     )
 
 
-def test_validation_baseline_is_named_after_the_fill(synthetic_shards, make_config):
-    for fill in ("zero", "mean"):
+def test_validation_scores_the_net_beside_every_classical_fill(synthetic_shards, make_config):
+    mean_rgb = torch.full((3,), 0.5)
+    reports = {}
+    for fill in ("zero", "mean", "harmonic"):
         config = make_config(synthetic_shards, **{**CENTRE, "model.hole_fill": fill})
-        validation = load_validation_set(config, torch.device("cpu"))
+        validation = load_validation_set(config, torch.device("cpu"), mean_rgb)
         generator = build_nets(config.model, 32, 16).generator
-        fill_rgb = torch.zeros(3) if fill == "zero" else torch.full((3,), 0.5)
-        settings = step_settings(config, fill_rgb, torch.device("cpu"))
+        settings = step_settings(config, mean_rgb, torch.device("cpu"))
         scalars, _ = run_validation(generator, settings, validation)
-        assert set(scalars) == {"val/hole_psnr", f"val/hole_psnr_{fill}_fill"}
+        baselines = ("mean_fill", "telea", "pyramid_fill", "harmonic_fill")
+        assert set(scalars) == {
+            f"val/{metric}{suffix}"
+            for metric in ("hole_psnr", "hole_ssim")
+            for suffix in ("", *(f"_{name}" for name in baselines))
+        }
+        reports[fill] = scalars
+    # The classical fills do not depend on the net's input fill: same images, same holes.
+    assert reports["zero"]["val/hole_psnr_telea"] == reports["harmonic"]["val/hole_psnr_telea"]
+    # Smooth fills beat a flat colour on these images.
+    assert (
+        reports["mean"]["val/hole_psnr_harmonic_fill"] > reports["mean"]["val/hole_psnr_mean_fill"]
+    )
 
 
 def test_context_encoder_overlap_trains_and_inpaints_inside_its_hole(synthetic_shards, make_config):

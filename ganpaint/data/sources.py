@@ -7,8 +7,9 @@ skipped here; files that fail to decode are reported by the packer.
 COCO's captions (annotations/captions_{train,val}2017.json, when present) travel with its items.
 
 Splits: CelebA follows `list_eval_partition.txt` (0 train, 1 val, 2 test); COCO maps `train2017/`
-to train and `val2017/` to val (no test); a folder, or a CelebA without its partition file, is split
-by a hash of each relative path: `val_fraction` of the images go to val and as many to test; the
+to train and `val2017/` to val (no test); a folder whose top level holds only `train/`, `val/`
+and `test/` subfolders is split by them; any other folder, or a CelebA without its partition file,
+is split by a hash of each relative path: `val_fraction` of the images go to val and as many to test; the
 synthetic set is split by index (the last `val_fraction` to test, the `val_fraction` before to val).
 """
 
@@ -268,6 +269,11 @@ def _folder(root: Path, val_fraction: float) -> Inputs:
             f"({', '.join(sorted(IMAGE_SUFFIXES))}) anywhere under it"
         )
     skipped: list[dict] = []
+    tops = {relative.split("/", 1)[0] for relative, _ in files}
+    if all("/" in relative for relative, _ in files) and tops <= set(SPLITS):
+        # The user chose the split (e.g. whole photos held out): train/, val/, test/ subfolders.
+        splits = _split_files(files, lambda relative: relative.split("/", 1)[0], skipped)
+        return Inputs(splits, skipped)
     splits = _split_files(files, lambda relative: hash_split(relative, val_fraction), skipped)
     top_up_held_out(splits, val_fraction)
     return Inputs(splits, skipped)

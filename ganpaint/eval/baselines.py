@@ -1,6 +1,7 @@
-"""Reference fills every model is judged against: the mean colour and OpenCV's Telea inpainting.
+"""The classical fills every model is judged against, and the line that names the best of them.
 
-Both return completed images in the evaluation's layout (float RGB [N, 3, H, W] in [0, 1], hole
+The mean colour (the GLCIC paper's input fill), OpenCV's Telea inpainting, the pyramid (push-pull)
+fill and the harmonic (Laplace) fill. All return completed images in the evaluation's layout (float RGB [N, 3, H, W] in [0, 1], hole
 mask [N, 1, H, W] with 1 = hole) with the known pixels untouched, so their metrics sit beside the
 model's on the same holes.
 """
@@ -11,10 +12,16 @@ import cv2
 import numpy as np
 import torch
 
-from ganpaint.completion import fill_holes
+from ganpaint.completion import fill_holes, harmonic_fill, pyramid_fill
 
 # Telea's neighbourhood radius in pixels; 3-5 is the usual range and the GLCIC post-processing's.
 TELEA_RADIUS = 3
+BASELINES = {  # result key -> label
+    "mean_fill": "mean fill",
+    "telea": "Telea",
+    "pyramid_fill": "pyramid fill",
+    "harmonic_fill": "harmonic fill",
+}
 
 
 def mean_fill(
@@ -49,3 +56,35 @@ def telea_fill(
     )
     telea = torch.from_numpy(filled).to(images.device).permute(0, 3, 1, 2).to(images.dtype) / 255
     return images * (1 - hole_mask) + telea * hole_mask
+
+
+def classical_fills(
+    images: torch.Tensor, hole_mask: torch.Tensor, mean_rgb: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Every baseline's completion of the images, keyed as `BASELINES`."""
+    return {
+        "mean_fill": mean_fill(images, hole_mask, mean_rgb.to(images.device)),
+        "telea": telea_fill(images, hole_mask),
+        "pyramid_fill": pyramid_fill(images, hole_mask),
+        "harmonic_fill": harmonic_fill(images, hole_mask),
+    }
+
+
+def best_baseline(results: dict[str, dict[str, float]], metric: str = "hole_psnr") -> str:
+    """The key of the classical fill with the highest `metric` among `results`."""
+    return max((key for key in BASELINES if key in results), key=lambda key: results[key][metric])
+
+
+def versus_best(results: dict[str, dict[str, float]], model: str = "model") -> str:
+    """One line: the model's hole PSNR and SSIM beside the best classical fill's (by PSNR).
+
+    results maps method -> {"hole_psnr": dB, "hole_ssim": ...}, with `model` and the baselines.
+    """
+    best = best_baseline(results)
+    ours, theirs = results[model], results[best]
+    return (
+        f"hole PSNR {ours['hole_psnr']:.2f} dB model vs {theirs['hole_psnr']:.2f} dB "
+        f"{BASELINES[best]}, the best classical fill ({ours['hole_psnr'] - theirs['hole_psnr']:+.2f}"
+        f" dB); hole SSIM {ours['hole_ssim']:.4f} vs {theirs['hole_ssim']:.4f} "
+        f"({ours['hole_ssim'] - theirs['hole_ssim']:+.4f})"
+    )

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ganpaint.completion import fill_holes
 from ganpaint.config import MaskConfig
 from ganpaint.errors import UserError
-from ganpaint.eval.baselines import mean_fill, telea_fill
+from ganpaint.eval.baselines import BASELINES, classical_fills, versus_best
 from ganpaint.eval.fid import (
     FeatureExtractor,
     frechet_distance,
@@ -37,7 +36,7 @@ from ganpaint.export import Exported
 from ganpaint.files import atomic_path, write_text_atomically
 from ganpaint.models import Family
 
-METHODS = ("model", "mean_fill", "telea")
+METHODS = ("model", *BASELINES)
 SHUFFLED_CAPTION = "model_shuffled_caption"  # caption families: the model given another caption
 BRUSH_PRESETS = ("thin", "medium", "thick")
 HOLE_CHUNK = 64  # holes are drawn in fixed chunks so the set does not depend on --batch-size
@@ -151,11 +150,7 @@ def evaluate(
         hole_mask = holes[start : start + len(batch)].to(device).float()
         start += len(batch)
         completed = _complete(exported, images, hole_mask, tokens, device)
-        filled = {
-            "model": completed,
-            "mean_fill": mean_fill(images, hole_mask, mean_rgb),
-            "telea": telea_fill(images, hole_mask),
-        }
+        filled = {"model": completed, **classical_fills(images, hole_mask, mean_rgb)}
         if shuffled is not None:
             filled[SHUFFLED_CAPTION] = _complete(exported, images, hole_mask, shuffled, device)
         for method, result in filled.items():
@@ -167,7 +162,7 @@ def evaluate(
                 features[name].append(extractor(result))
         if preview is None:
             shown = slice(0, PREVIEW_IMAGES)
-            model_input = fill_holes(images, hole_mask, exported.fill_rgb.to(images))
+            model_input = exported.hole_fill.to(device)(images, hole_mask)
             columns = [images[shown], model_input[shown], completed[shown], filled["telea"][shown]]
             preview = torch.stack(columns, 1).flatten(0, 1).cpu()
     if start == 0:
@@ -256,6 +251,7 @@ def eval_command(
         "results": results,
     }
     print_table(report)
+    print(f"{config.model.family} step {exported.step}: {versus_best(results)}")
     if extractor is None:
         print(FID_HINT)
     write_tensorboard(Path(run) / "tb", report, preview)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ganpaint.eval.baselines import BASELINES
+
 COLUMNS = {
     "model": "model",
     "model_shuffled_caption": "model, shuffled caption",  # caption families only
-    "mean_fill": "mean fill",
-    "telea": "Telea",
+    **BASELINES,
 }
 ROWS = {  # summary key -> (label, format)
     "hole_psnr": ("hole PSNR (dB) ↑", "{:.2f}"),

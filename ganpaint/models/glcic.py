@@ -5,12 +5,17 @@ Departures from the paper, all deliberate:
   conv -> BN -> ReLU (one public port applies BN after ReLU).
 - The discriminators return a logit; the sigmoid lives in the loss (`binary_cross_entropy_with_logits`),
   which is safe under autocast where sigmoid + BCE is not.
+- `dilations` (model.dilations) may replace the rates of the four dilated rows: the paper's 2, 4,
+  8, 16 suit 256 px images (a 64 px map); at 64 px the map is 16 px and rates 8 and 16 read
+  mostly padding. The paper presets keep the paper's rates.
 - Image sizes other than the paper's adapt the discriminators by one rule, `layers.halvings`: stride-2
   convs are stacked while the map stays >= 4 px (256 px: 6 convs, 128 px: 5, the paper's two
   cases; 160 px: 5 with a 5x5 final map; 96 px: 4 with 6x6).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -45,6 +50,17 @@ COMPLETION_NET = [
     Row("conv", 3, 3, norm=False, activation=None, scale=False),  # sigmoid applied in forward
 ]
 
+PAPER_DILATIONS = (2, 4, 8, 16)  # the dilated rows above, in order
+
+
+def with_dilations(rows: list[Row], dilations: Sequence[int]) -> list[Row]:
+    """The table with its dilated rows' rates replaced, in order (`model.dilations`)."""
+    if len(dilations) != len(PAPER_DILATIONS):
+        raise ValueError(f"need {len(PAPER_DILATIONS)} dilation rates, got {list(dilations)}")
+    rates = iter(dilations)
+    return [row._replace(dilation=next(rates)) if row.dilation > 1 else row for row in rows]
+
+
 # Discriminators, the paper's Table 2: 5x5 stride-2 convs, then FC -> fc_features. The global D
 # has all six convs at 256 px; the local D (128 px) the first five. Other sizes: `halvings`.
 DISCRIMINATOR_CONVS = [
@@ -65,9 +81,9 @@ class CompletionNet(nn.Module):
     the fourth input channel, as in the paper. 6.07 M parameters at width 64.
     """
 
-    def __init__(self, width: int = 64) -> None:
+    def __init__(self, width: int = 64, dilations: Sequence[int] = PAPER_DILATIONS) -> None:
         super().__init__()
-        self.layers = make_layers(COMPLETION_NET, 4, width)
+        self.layers = make_layers(with_dilations(COMPLETION_NET, dilations), 4, width)
         self.apply(init_weights)
 
     def forward(self, image_filled: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:

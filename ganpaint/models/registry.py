@@ -24,8 +24,9 @@ from ganpaint.models.caption import CaptionCritic, CaptionUNet
 from ganpaint.models.context_encoder import ContextEncoder
 from ganpaint.models.dcgan import DCGANGenerator
 from ganpaint.models.family import Family, Nets, PhasePlan, StepKind
-from ganpaint.models.glcic import CompletionNet, GLCICDiscriminator
+from ganpaint.models.glcic import PAPER_DILATIONS, CompletionNet, GLCICDiscriminator
 from ganpaint.models.layers import StridedDiscriminator
+from ganpaint.models.residual import ResidualGenerator
 from ganpaint.models.wgan_unet import WGANCritic, WGANUNet
 
 if TYPE_CHECKING:
@@ -54,8 +55,12 @@ def get(name: str) -> Family:
 
 
 def build_nets(model: ModelConfig, image_px: int, local_px: int) -> Nets:
-    """Both networks of `model.family`, freshly initialised, on the CPU, in train mode."""
-    return get(model.family).build(model, image_px, local_px)
+    """Both networks of `model.family`, freshly initialised, on the CPU, in train mode; with
+    `model.residual` the generator corrects its filled input (`ResidualGenerator`)."""
+    nets = get(model.family).build(model, image_px, local_px)
+    if model.residual:
+        return Nets(ResidualGenerator(nets.generator), nets.discriminator)
+    return nets
 
 
 def example_inputs(
@@ -106,11 +111,27 @@ def _glcic_rules(config: TrainConfig) -> None:
         raise _config_error(
             f"config key 'masks.local_px': must be a multiple of 16, got {config.masks.local_px}"
         )
+    dilations = list(config.model.dilations)
+    if len(dilations) != len(PAPER_DILATIONS) or min(dilations) < 1:
+        raise _config_error(
+            f"config key 'model.dilations': need {len(PAPER_DILATIONS)} rates >= 1 (the completion "
+            f"net's dilated rows), got {dilations}"
+        )
+
+
+def _no_dilations(config: TrainConfig) -> None:
+    """Only the GLCIC completion net has dilated rows: another family's setting would be lost."""
+    if tuple(config.model.dilations) != PAPER_DILATIONS:
+        raise _config_error(
+            f"config key 'model.dilations': {config.model.family} has no dilated convolutions; "
+            "leave it at its default"
+        )
 
 
 def _centre_rules(config: TrainConfig) -> None:
     """Centre-square predictors: the net predicts the centre half of the image (local_px), the
     hole is that square, or that square less a band of loss.overlap_px (Context Encoders)."""
+    _no_dilations(config)
     masks, image_px, family = config.masks, config.data.image_px, config.model.family
     overlap_px = config.loss.overlap_px
     if masks.kind != "center":
@@ -124,6 +145,7 @@ def _centre_rules(config: TrainConfig) -> None:
 
 
 def _dcgan_rules(config: TrainConfig) -> None:
+    _no_dilations(config)
     if config.data.image_px != 64:
         raise _config_error(
             f"config key 'data.image_px': dcgan generates 64 px images, got {config.data.image_px}"
@@ -137,7 +159,7 @@ register(
         name="glcic",
         summary="Iizuka et al. 2017: dilated completion net, global + local discriminators",
         build=lambda model, image_px, local_px: Nets(
-            CompletionNet(model.width),
+            CompletionNet(model.width, model.dilations),
             GLCICDiscriminator(image_px, local_px, model.disc_width, model.fc_features),
         ),
         # Paper Sec. 3.3: C alone for Tc, D alone for Td, then jointly until T.

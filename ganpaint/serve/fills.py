@@ -1,5 +1,5 @@
 """What the page's Fill button runs: decode the upload, fill its holes with the model and with the
-classical fills (Telea, pyramid) on the same windows, time each, and return PNGs.
+classical fills (Telea, pyramid, harmonic) on the same windows, time each, and return PNGs.
 
 No web code here: the app hands bytes in and gets a FillResult (or a UserError) back.
 """
@@ -7,6 +7,7 @@ No web code here: the app hands bytes in and gets a FillResult (or a UserError) 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from ganpaint.completion import pyramid_fill
+from ganpaint.completion import harmonic_fill, pyramid_fill
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import telea_inpaint_uint8
 from ganpaint.eval.runs import open_model
@@ -60,11 +61,20 @@ def telea_window(rgb: np.ndarray, hole: np.ndarray, window: Window) -> np.ndarra
     return telea_inpaint_uint8(rgb[box], hole[box])
 
 
-def pyramid_window(rgb: np.ndarray, hole: np.ndarray, window: Window) -> np.ndarray:
-    box = window.inside(*hole.shape)
-    image = torch.from_numpy(rgb[box]).permute(2, 0, 1)[None].float() / 255
-    hole_mask = torch.from_numpy(hole[box])[None, None].float()
-    return tensor_to_uint8(pyramid_fill(image, hole_mask))
+def _smooth_window(fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> WindowFill:
+    """A tensor fill (pyramid, harmonic) run on one window of the photo."""
+
+    def run(rgb: np.ndarray, hole: np.ndarray, window: Window) -> np.ndarray:
+        box = window.inside(*hole.shape)
+        image = torch.from_numpy(rgb[box]).permute(2, 0, 1)[None].float() / 255
+        hole_mask = torch.from_numpy(hole[box])[None, None].float()
+        return tensor_to_uint8(fill(image, hole_mask))
+
+    return run
+
+
+pyramid_window = _smooth_window(pyramid_fill)
+harmonic_window = _smooth_window(harmonic_fill)
 
 
 @dataclass
@@ -110,7 +120,8 @@ def fill_upload(
     caption: str | None,
     max_megapixels: float,
 ) -> FillResult:
-    """The model's fill (Poisson-blended, as `ganpaint inpaint`) beside Telea and the pyramid."""
+    """The model's fill (Poisson-blended, as `ganpaint inpaint`) beside Telea, the pyramid and the
+    harmonic fill."""
     pixels, hole = read_upload(image, mask, max_megapixels)
     started = time.perf_counter()
     windows = plan_windows(hole, model.geometry, PHOTO)
@@ -120,6 +131,7 @@ def fill_upload(
         "model": model_fill(model.exported, "poisson", PHOTO, caption),
         "telea": telea_window,
         "pyramid": pyramid_window,
+        "harmonic": harmonic_window,
     }
     for name, fill in fills.items():  # each time includes planning the windows it runs on
         started = time.perf_counter()

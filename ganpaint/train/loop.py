@@ -24,6 +24,7 @@ from ganpaint.config import TrainConfig
 from ganpaint.data.captions import training_tokenizer
 from ganpaint.data.manifest import check_split, read_manifest
 from ganpaint.errors import UserError
+from ganpaint.eval.baselines import versus_best
 from ganpaint.export import save_export
 from ganpaint.models import registry
 from ganpaint.models.layers import plain_module
@@ -37,7 +38,12 @@ from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
 from ganpaint.train.setup import build_state, compiles, fit_workers, make_backend, step_settings
 from ganpaint.train.steps import STEP_FUNCTIONS
 from ganpaint.train.stop import write_marker
-from ganpaint.train.validation import baseline_key, load_validation_set, run_validation
+from ganpaint.train.validation import (
+    ValidationSet,
+    load_validation_set,
+    run_validation,
+    versus_baselines,
+)
 
 
 class TrainingDiverged(UserError):
@@ -171,7 +177,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     changes = _settings_changes(config, run_dir)
     manifest = read_manifest(config.data.shards)
     if config.data.val_images:
-        check_split(manifest, config.data.shards, config.data.val_split)
+        val_shards = config.data.val_shards or config.data.shards
+        check_split(read_manifest(val_shards), val_shards, config.data.val_split)
     tokenizer = None  # caption families: the shards' tokenizer, exported with the generator
     if registry.get(config.model.family).captions:
         tokenizer = training_tokenizer(config.data.shards, config.model.vocabulary_size)
@@ -184,7 +191,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
 
     validation = None  # data.val_images 0: no validation grids or figures
     if accelerator.is_main_process and config.data.val_images:
-        validation = load_validation_set(config, accelerator.device)
+        mean_rgb = torch.tensor(manifest["mean_rgb"], dtype=torch.float32)
+        validation = load_validation_set(config, accelerator.device, mean_rgb)
 
     # Resume: the newest usable checkpoint of this run directory (or the chosen one), if any, in
     # the right phase.
@@ -305,11 +313,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 step,
                 tokenizer,
             )
-            _report(run_dir, show(step), logger, config.model.hole_fill)
-            if validation is not None:
-                logger.message(
-                    f"validation set: {len(validation.images)} images of split {validation.split!r}"
-                )
+            _report(run_dir, show(step), logger, validation)
         return run_dir
     finally:
         feed.close()
@@ -328,19 +332,21 @@ def _tick_extras(state: TrainState, health: HealthReading, corrupt: int) -> dict
     return extras
 
 
-def _report(run_dir: Path, scalars: dict[str, float], logger: RunLogger, fill_name: str) -> None:
+def _report(
+    run_dir: Path, scalars: dict[str, float], logger: RunLogger, validation: ValidationSet | None
+) -> None:
     lines = [
         f"run directory: {run_dir}",
         f"TensorBoard:   tensorboard --logdir {run_dir / 'tb'}",
         f"sample grid:   {max((run_dir / 'samples').glob('step-*.png'), default='-')}",
         f"export:        {run_dir / 'export'}",
     ]
-    if scalars:
-        model, baseline = scalars["val/hole_psnr"], scalars[baseline_key(fill_name)]
+    if validation is not None:
         lines.append(
-            f"validation hole PSNR: {model:.2f} dB trained vs {baseline:.2f} dB {fill_name} fill "
-            f"({model - baseline:+.2f} dB)"
+            f"validation set: {len(validation.images)} images of split {validation.split!r}"
         )
+    if scalars and validation is not None and validation.baselines:  # last: the run's verdict
+        lines.append(f"validation: {versus_best(versus_baselines(scalars, validation))}")
     for line in lines:
         logger.message(line)
 

@@ -13,6 +13,7 @@ import torch
 from accelerate.utils import set_seed
 from torch import nn
 
+from ganpaint.completion import HoleFill
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
 from ganpaint.models import build_nets, registry
 from ganpaint.train.backend import Backend, DDPBackend, TrainState, accelerate_precision
@@ -152,12 +153,13 @@ def build_state(config: TrainConfig, backend: Backend) -> TrainState:
 def step_settings(
     config: TrainConfig, fill_rgb: torch.Tensor, device: torch.device
 ) -> StepSettings:
-    """What the step functions need besides the state, fixed for the run."""
+    """What the step functions need besides the state, fixed for the run; `fill_rgb` is the
+    colour of a constant hole fill (model.hole_fill mean or zero)."""
     return StepSettings(
         family=registry.get(config.model.family),
         loss=config.loss,
         local_px=config.masks.local_px,
-        fill_rgb=fill_rgb.to(device),
+        hole_fill=HoleFill(config.model.hole_fill, fill_rgb.to(device)),
         critic_clamp=critic_clamp(config),
         accumulation=config.optim.grad_accum_steps,
     )

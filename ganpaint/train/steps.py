@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ganpaint import losses
-from ganpaint.completion import complete
+from ganpaint.completion import HoleFill, complete
 from ganpaint.config import LossConfig
 from ganpaint.data.masks import crop_local
 from ganpaint.models import Family, StepKind
@@ -44,7 +44,7 @@ class StepSettings:
     family: Family
     loss: LossConfig
     local_px: int
-    fill_rgb: torch.Tensor  # [3] on the device
+    hole_fill: HoleFill  # the generator's input fill, on the device
     critic_clamp: float  # WGAN weight clamp
     accumulation: int = 1  # micro-batches per optimiser update
 
@@ -95,7 +95,7 @@ def _complete(
         state.generator,
         batch.images,
         batch.hole_mask,
-        settings.fill_rgb,
+        settings.hole_fill,
         settings.family.predicts_center,
         batch.tokens,
     )

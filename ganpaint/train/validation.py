@@ -1,24 +1,28 @@
-"""The fixed validation batch: image grids and hole PSNR against the net's own hole fill, in training.
+"""The fixed validation batch: image grids, and hole PSNR / SSIM beside the classical fills, in training.
 
 The same images and holes are used at every tick (and after a resume), so the curves compare
-like with like. The baseline is the fill the net's input gets (model.hole_fill: the mean colour or
-zero), named after it. The nets run unwrapped and in eval mode on rank 0 only (no collective).
+like with like. The classical fills (`eval.baselines`: mean, Telea, pyramid, harmonic) are scored
+once, on the same holes, and logged at every tick beside the net, as `ganpaint eval` reports them.
+The nets run unwrapped and in eval mode on rank 0 only (no collective).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from ganpaint.completion import complete, fill_holes
+from ganpaint.completion import complete
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import held_out_split, val_batch
 from ganpaint.errors import UserError
-from ganpaint.eval.metrics import psnr
+from ganpaint.eval.baselines import classical_fills
+from ganpaint.eval.metrics import psnr, ssim
+from ganpaint.models import registry
 from ganpaint.models.layers import evaluating
 from ganpaint.train.steps import StepSettings
 
@@ -31,22 +35,39 @@ class ValidationSet:
     hole_mask: torch.Tensor  # [N,1,H,W]
     latent: torch.Tensor  # generation families: fixed z [N, latent_dim]
     split: str = "val"  # the shard split the images come from
-    fill_name: str = "mean"  # model.hole_fill: names the baseline's scalar
     tokens: torch.Tensor | None = None  # caption families: each image's first caption [N, T]
+    # inpainting families: the classical fills' scores on these holes ({method: {metric: value}})
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def load_validation_set(config: TrainConfig, device: torch.device) -> ValidationSet:
-    """The fixed batch (data.val_images >= 1); UserError (one line) if no image of the split
-    decodes."""
-    split = held_out_split(config.data.shards, config.data.val_split)
-    loaded, tokens = val_batch(config.data, config.data.val_images, split), None
+def hole_scores(
+    completed: torch.Tensor, images: torch.Tensor, hole_mask: torch.Tensor
+) -> dict[str, float]:
+    """The same hole PSNR and SSIM as `ganpaint eval` (per image over its hole, then the mean)."""
+    return {
+        "hole_psnr": float(psnr(completed, images, hole_mask).mean()),
+        "hole_ssim": float(ssim(completed.clamp(0, 1), images, hole_mask).mean()),
+    }
+
+
+def load_validation_set(
+    config: TrainConfig, device: torch.device, mean_rgb: torch.Tensor
+) -> ValidationSet:
+    """The fixed batch (data.val_images >= 1) and, for inpainting families, the classical fills'
+    scores on it (`mean_rgb`: the mean fill's colour, [3] in [0, 1]); UserError (one line) if no
+    image of the split decodes."""
+    data = config.data
+    if data.val_shards:  # validation images from their own shard directory
+        data = dataclasses.replace(data, shards=data.val_shards)
+    split = held_out_split(data.shards, data.val_split)
+    loaded, tokens = val_batch(data, data.val_images, split), None
     if config.data.captions:
         loaded, tokens = loaded[0], loaded[1].to(device)
     images = loaded.to(device).float() / 255
     count = images.shape[0]
     if not count:
         raise UserError(
-            f"{config.data.shards}: no image of split {split!r} decodes: re-pack "
+            f"{data.shards}: no image of split {split!r} decodes: re-pack "
             "the shards, name another data.val_split, or set data.val_images=0 (no validation)"
         )
     seed = config.run.seed + VALIDATION_SEED_OFFSET
@@ -59,34 +80,39 @@ def load_validation_set(config: TrainConfig, device: torch.device) -> Validation
         generator=torch.Generator(device).manual_seed(seed),
         device=device,
     )
-    return ValidationSet(
-        images, holes.hole_mask, latent, split, config.model.hole_fill, tokens=tokens
-    )
+    baselines = {}
+    if registry.get(config.model.family).inpaints:
+        fills = classical_fills(images, holes.hole_mask, mean_rgb)
+        baselines = {
+            name: hole_scores(filled, images, holes.hole_mask) for name, filled in fills.items()
+        }
+    return ValidationSet(images, holes.hole_mask, latent, split, tokens, baselines)
 
 
 @torch.no_grad()
 def run_validation(
     generator: nn.Module, settings: StepSettings, validation: ValidationSet
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """(scalars, grid): hole PSNR of the net ("val/hole_psnr") and of its hole fill alone
-    (`baseline_key`), and for caption families of the net given another image's caption
-    ("val/hole_psnr_shuffled_caption"); rows original | input | output | composited (inpainting)
-    or a grid of fixed-latent samples (generation families)."""
-    fill_rgb, centre = settings.fill_rgb, settings.family.predicts_center
+    """(scalars, grid): hole PSNR and SSIM of the net ("val/hole_psnr", "val/hole_ssim") and of
+    each classical fill ("val/hole_psnr_telea", ...), and for caption families of the net given
+    another image's caption ("val/hole_psnr_shuffled_caption"); rows original | input | output |
+    composited (inpainting) or a grid of fixed-latent samples (generation families)."""
+    hole_fill, centre = settings.hole_fill, settings.family.predicts_center
     images, hole_mask, tokens = validation.images, validation.hole_mask, validation.tokens
     with evaluating(generator):
         if not settings.family.inpaints:
             samples = generator(validation.latent).float()
             return {}, make_grid(samples, nrow=8)
-        prediction, completed = complete(generator, images, hole_mask, fill_rgb, centre, tokens)
-        masked_input = fill_holes(images, hole_mask, fill_rgb)
-        # The same hole PSNR as `ganpaint eval` (per image over its hole, then the mean).
+        prediction, completed = complete(generator, images, hole_mask, hole_fill, centre, tokens)
+        masked_input = hole_fill(images, hole_mask)
         scalars = {
-            "val/hole_psnr": float(psnr(completed, images, hole_mask).mean()),
-            baseline_key(validation.fill_name): float(psnr(masked_input, images, hole_mask).mean()),
+            f"val/{metric}": value
+            for metric, value in hole_scores(completed, images, hole_mask).items()
         }
+        for name, scores in validation.baselines.items():
+            scalars |= {f"val/{metric}_{name}": value for metric, value in scores.items()}
         if tokens is not None:  # each image gets the next one's caption
-            shuffled = complete(generator, images, hole_mask, fill_rgb, centre, tokens.roll(1, 0))
+            shuffled = complete(generator, images, hole_mask, hole_fill, centre, tokens.roll(1, 0))
             scalars["val/hole_psnr_shuffled_caption"] = float(
                 psnr(shuffled[1], images, hole_mask).mean()
             )
@@ -94,6 +120,8 @@ def run_validation(
     return scalars, make_grid(rows, nrow=images.shape[0])
 
 
-def baseline_key(fill_name: str) -> str:
-    """The scalar of the fill-only baseline: val/hole_psnr_mean_fill, val/hole_psnr_zero_fill."""
-    return f"val/hole_psnr_{fill_name}_fill"
+def versus_baselines(scalars: dict[str, float], validation: ValidationSet) -> dict[str, dict]:
+    """`run_validation`'s scalars as {method: {metric: value}}, the shape `versus_best` reads."""
+    return {"model": {key: scalars[f"val/{key}"] for key in ("hole_psnr", "hole_ssim")}} | (
+        validation.baselines
+    )
