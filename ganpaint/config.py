@@ -24,6 +24,7 @@ from ganpaint.files import write_text_atomically
 
 MASK_KINDS = ("center", "rect", "multi_rect", "brush")
 BRUSH_PRESETS = ("thin", "medium", "thick")
+LR_DECAYS = ("none", "cosine")
 OPTIMIZERS = ("adadelta", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -122,6 +123,9 @@ class OptimConfig:
     beta2: float = 0.999
     weight_decay: float = 0.0
     grad_accum_steps: int = 1
+    # none: constant rates (the papers) | cosine: both rates fall from their value to 0 over the
+    # run (schedule.total_steps), a function of the step alone, so a resume continues it exactly
+    lr_decay: str = "none"
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("data.crop", data.crop, CROPS)
     _choice("optim.generator", optim.generator, OPTIMIZERS)
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
+    _choice("optim.lr_decay", optim.lr_decay, LR_DECAYS)
     _choice("run.mixed_precision", run.mixed_precision, PRECISIONS)
     _choice("run.compile_mode", run.compile_mode, COMPILE_MODES)
     _choice("log.progress", config.log.progress, PROGRESS_MODES)

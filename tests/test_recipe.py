@@ -3,10 +3,12 @@ report that names the best classical fill. The paper presets keep the paper's ch
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -17,7 +19,9 @@ from ganpaint.eval.baselines import best_baseline, versus_best
 from ganpaint.models import build_nets, registry
 from ganpaint.models.glcic import PAPER_DILATIONS, CompletionNet
 from ganpaint.models.residual import ResidualGenerator
+from ganpaint.models.summary import describe
 from ganpaint.train.loop import train
+from ganpaint.train.setup import learning_rate_factor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CENTRE = {"masks.kind": "center", "masks.hole_min_px": 16, "masks.hole_max_px": 16}
@@ -154,3 +158,53 @@ def test_an_untrained_residual_run_validates_at_exactly_its_fill(
     assert final["val/hole_psnr"] == pytest.approx(final["val/hole_psnr_harmonic_fill"], abs=1e-4)
     assert final["val/hole_ssim"] == pytest.approx(final["val/hole_ssim_harmonic_fill"], abs=1e-5)
     assert final["val/hole_psnr"] > final["val/hole_psnr_mean_fill"] + 3
+
+
+def test_cosine_decay_falls_from_the_rate_to_zero():
+    cosine = config_lib.OptimConfig(lr_decay="cosine")
+    assert [learning_rate_factor(cosine, step, 8) for step in (0, 4, 8)] == pytest.approx(
+        [1.0, 0.5, 0.0]
+    )
+    assert learning_rate_factor(config_lib.OptimConfig(), 7, 8) == 1.0
+
+
+def test_a_decayed_run_resumed_from_a_checkpoint_ends_with_the_same_weights(
+    synthetic_shards, make_config, tmp_path
+):
+    """The rate is a function of the step alone: a resume continues the decay exactly."""
+    common = {
+        "optim.generator": "adam",
+        "optim.discriminator": "adam",
+        "optim.generator_lr": 1e-3,
+        "optim.discriminator_lr": 1e-3,
+        "optim.lr_decay": "cosine",
+        "schedule.completion_steps": 3,
+        "schedule.discriminator_steps": 2,
+        "schedule.total_steps": 9,
+        "checkpoint.every_steps": 4,
+        "checkpoint.keep": 10,
+        "log.every_steps": 1,
+    }
+    straight = train(make_config(synthetic_shards, **common, **{"run.dir": str(tmp_path / "a")}))
+    resumed = train(
+        make_config(synthetic_shards, **common, **{"run.dir": str(tmp_path / "b")}),
+        resume_from=straight / "checkpoints" / "step-00000004",
+    )
+    rates = [
+        json.loads(line)["lr/generator"]
+        for line in (straight / "stats.jsonl").read_text().splitlines()
+    ]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] < 1e-4 and rates == sorted(rates)[::-1]
+    expected = load_file(str(straight / "export" / "generator.safetensors"))
+    actual = load_file(str(resumed / "export" / "generator.safetensors"))
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_the_demo_recipe_is_summarised_like_any_net():
+    """`ganpaint models`: a residual net's field is its wrapped net's (the fill adds the pixel)."""
+    recipe = describe(config_lib.load("demo"))["networks"]["generator"]
+    plain = describe(config_lib.load("demo", ["model.residual=false"]))["networks"]["generator"]
+    assert recipe["receptive_field_px"] == plain["receptive_field_px"] == 183
+    assert recipe["parameters"] == plain["parameters"]

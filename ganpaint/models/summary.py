@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ganpaint import config as config_lib
 from ganpaint.models import build_nets, example_inputs, registry
 from ganpaint.models.layers import evaluating
+from ganpaint.models.residual import ResidualGenerator
 
 LAYER_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 PROBE_WIDTH = 1  # the receptive field depends on kernels, strides and dilations, not on width
@@ -92,6 +93,8 @@ def receptive_field(generator: nn.Module, image_px: int) -> int:
     field that still touches the border is reported as the probe's extent. For
     full-image generator(image, hole_mask) nets (the centre-predicting nets see everything).
     """
+    if isinstance(generator, ResidualGenerator):  # its input fill adds just the pixel itself
+        generator = generator.net
     probe, side = _positive_probe(generator), image_px
     while True:
         extents = _gradient_extents(probe, side, offsets=4)

@@ -35,7 +35,14 @@ from ganpaint.train.feed import DataFeed
 from ganpaint.train.guard import HealthReading
 from ganpaint.train.log import RunLogger
 from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
-from ganpaint.train.setup import build_state, compiles, fit_workers, make_backend, step_settings
+from ganpaint.train.setup import (
+    build_state,
+    compiles,
+    fit_workers,
+    make_backend,
+    set_learning_rates,
+    step_settings,
+)
 from ganpaint.train.steps import STEP_FUNCTIONS
 from ganpaint.train.stop import write_marker
 from ganpaint.train.validation import (
@@ -270,6 +277,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 return stopped(None)
             while step < total:
                 phase = phase_at(step, run_phases)
+                if config.optim.lr_decay != "none":
+                    set_learning_rates(state, config.optim, step, total)
                 losses = STEP_FUNCTIONS[phase.kind](state, settings, feed.batches(step))
                 state.health.corrupt_samples += feed.take_skipped()
                 step += 1

@@ -7,6 +7,7 @@ e.g. launch/deepspeed_zero2.yaml) or by run.deepspeed_config, and imported only 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import torch
@@ -105,6 +106,24 @@ def build_optimizer(name: str, parameters, lr: float, optim: OptimConfig) -> tor
     return torch.optim.Adam(
         parameters, lr=lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
     )
+
+
+def learning_rate_factor(optim: OptimConfig, step: int, total: int) -> float:
+    """What the configured learning rates are multiplied by for the step after `step` (0-based)
+    of `total`: 1 throughout (optim.lr_decay none), or a cosine from 1 at the first step to 0
+    after the last."""
+    if optim.lr_decay == "none":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def set_learning_rates(state: TrainState, optim: OptimConfig, step: int, total: int) -> None:
+    """Every optimiser's rate for the coming step (a host-side float: no device work)."""
+    factor = learning_rate_factor(optim, step, total)
+    rates = {"generator": optim.generator_lr, "discriminator": optim.discriminator_lr}
+    for name, optimizer in state.optimizers().items():
+        for group in optimizer.param_groups:
+            group["lr"] = rates[name] * factor
 
 
 def critic_clamp(config: TrainConfig) -> float:
