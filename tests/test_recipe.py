@@ -208,3 +208,14 @@ def test_the_demo_recipe_is_summarised_like_any_net():
     plain = describe(config_lib.load("demo", ["model.residual=false"]))["networks"]["generator"]
     assert recipe["receptive_field_px"] == plain["receptive_field_px"] == 183
     assert recipe["parameters"] == plain["parameters"]
+
+
+def test_a_residual_full_image_net_takes_windows_of_any_shape():
+    """`ganpaint inpaint` and the page run the net on non-square windows around the holes."""
+    generator = ResidualGenerator(CompletionNet(width=8, dilations=(1, 2, 4, 8))).eval()
+    images = torch.rand(1, 3, 48, 20)
+    hole_mask = torch.zeros(1, 1, 48, 20)
+    hole_mask[..., 10:30, 4:16] = 1
+    fill = HoleFill("harmonic", torch.zeros(3))
+    prediction, _ = complete(generator, images, hole_mask, fill, False)
+    assert torch.allclose(prediction, fill(images, hole_mask), atol=1e-6)

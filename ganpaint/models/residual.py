@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 
-def center_crop(features: torch.Tensor, side: int) -> torch.Tensor:
-    """The centre side x side window of [N, C, H, W] features."""
-    top, left = (features.shape[-2] - side) // 2, (features.shape[-1] - side) // 2
-    return features[..., top : top + side, left : left + side]
+def center_crop(features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The centre height x width window of [N, C, H, W] features."""
+    top, left = (features.shape[-2] - height) // 2, (features.shape[-1] - width) // 2
+    return features[..., top : top + height, left : left + width]
 
 
 @torch.no_grad()
@@ -50,5 +50,5 @@ class ResidualGenerator(nn.Module):
         self, image_filled: torch.Tensor, hole_mask: torch.Tensor, *conditions: torch.Tensor
     ) -> torch.Tensor:
         output = self.net(image_filled, hole_mask, *conditions)
-        base = center_crop(image_filled, output.shape[-1]).to(output.dtype)
+        base = center_crop(image_filled, *output.shape[-2:]).to(output.dtype)
         return (base + 2 * (output - 0.5)).clamp(0, 1)
