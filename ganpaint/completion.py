@@ -9,6 +9,7 @@ baselines in evaluation.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,17 @@ def harmonic_sweeps(side: int) -> int:
     return min(64, max(8, side // 4))
 
 
+@functools.lru_cache(maxsize=16)
+def _checkerboard(
+    height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """1 on the "red" pixels (row + column even), 0 on the black; made once per shape and device
+    (the training step fills every batch at the same size)."""
+    rows = torch.arange(height, device=device).view(-1, 1)
+    columns = torch.arange(width, device=device).view(1, -1)
+    return ((rows + columns) % 2 == 0).to(dtype)
+
+
 def harmonic_fill(
     images: torch.Tensor, hole_mask: torch.Tensor, sweeps: int | None = None
 ) -> torch.Tensor:
@@ -95,14 +107,11 @@ def harmonic_fill(
     images [N,3,H,W] in [0,1]; hole_mask [N,1,H,W], 1 = hole. Known pixels come back exactly.
     """
     filled = pyramid_fill(images, hole_mask)
-    hole = hole_mask.to(filled.dtype)
-    height, width = filled.shape[-2:]
-    rows = torch.arange(height, device=filled.device).view(-1, 1)
-    columns = torch.arange(width, device=filled.device).view(1, -1)
-    red = ((rows + columns) % 2 == 0).to(filled.dtype)
+    hole = OVERRELAXATION * hole_mask.to(filled.dtype)
+    red = _checkerboard(*filled.shape[-2:], filled.device, filled.dtype)
     # Red pixels' neighbours are all black and vice versa: each half-sweep is a Gauss-Seidel step.
-    half_sweeps = (OVERRELAXATION * hole * red, OVERRELAXATION * hole * (1 - red))
-    for _ in range(harmonic_sweeps(min(height, width)) if sweeps is None else sweeps):
+    half_sweeps = (hole * red, hole * (1 - red))
+    for _ in range(harmonic_sweeps(min(filled.shape[-2:])) if sweeps is None else sweeps):
         for weight in half_sweeps:
             filled = filled + weight * (_neighbour_mean(filled) - filled)
     return filled

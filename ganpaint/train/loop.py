@@ -107,12 +107,6 @@ class StopSignals:
             signal.signal(number, signal.SIG_IGN if held_back else handler)
 
 
-def _fill_colour(config: TrainConfig, manifest: dict) -> torch.Tensor:
-    if config.model.hole_fill == "zero":
-        return torch.zeros(3)
-    return torch.tensor(manifest["mean_rgb"], dtype=torch.float32)
-
-
 def _check_run_dir(run_dir: Path) -> None:
     for path in (run_dir, checkpoint.checkpoint_root(run_dir)):
         if path.exists() and not path.is_dir():
@@ -183,13 +177,15 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     _check_run_dir(run_dir)
     changes = _settings_changes(config, run_dir)
     manifest = read_manifest(config.data.shards)
+    mean_rgb = torch.tensor(manifest["mean_rgb"], dtype=torch.float32)  # the training images'
     if config.data.val_images:
         val_shards = config.data.val_shards or config.data.shards
-        check_split(read_manifest(val_shards), val_shards, config.data.val_split)
+        val_manifest = read_manifest(val_shards) if config.data.val_shards else manifest
+        check_split(val_manifest, val_shards, config.data.val_split)
     tokenizer = None  # caption families: the shards' tokenizer, exported with the generator
     if registry.get(config.model.family).captions:
         tokenizer = training_tokenizer(config.data.shards, config.model.vocabulary_size)
-    fill_rgb = _fill_colour(config, manifest)
+    fill_rgb = torch.zeros(3) if config.model.hole_fill == "zero" else mean_rgb
     state = build_state(config, backend)
     settings = step_settings(config, fill_rgb, accelerator.device)
     run_phases = phases(settings.family, config.schedule)
@@ -198,7 +194,6 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
 
     validation = None  # data.val_images 0: no validation grids or figures
     if accelerator.is_main_process and config.data.val_images:
-        mean_rgb = torch.tensor(manifest["mean_rgb"], dtype=torch.float32)
         validation = load_validation_set(config, accelerator.device, mean_rgb)
 
     # Resume: the newest usable checkpoint of this run directory (or the chosen one), if any, in
