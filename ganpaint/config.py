@@ -375,6 +375,11 @@ def _family_rules(config: TrainConfig) -> None:
         )
     if config.model.residual and not family.inpaints:
         raise ConfigError(f"config key 'model.residual': {family.name} fills no holes to correct")
+    if not family.dilated and list(config.model.dilations) != list(ModelConfig().dilations):
+        raise ConfigError(
+            f"config key 'model.dilations': {family.name} has no dilated convolutions; leave it at "
+            "its default"
+        )
     if family.inpaints:
         if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
             raise ConfigError(

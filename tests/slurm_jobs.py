@@ -15,6 +15,24 @@ from ganpaint.train.stop import marker_path
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 JOB_TIMEOUT_S = 240
+# A 32 px GLCIC at width 8 that logs every 5 steps: the jobs of the Slurm and requeue tests.
+TINY_JOB = [
+    "data.image_px=32",
+    "data.resize_min_px=32",
+    "data.resize_max_px=32",
+    "masks.hole_min_px=8",
+    "masks.hole_max_px=12",
+    "masks.local_px=16",
+    "model.width=8",
+    "model.disc_width=8",
+    "model.fc_features=16",
+    "data.batch_size=4",
+    "data.workers=1",
+    "data.val_images=2",
+    "log.every_steps=5",
+    "log.image_every_steps=100000",
+    "log.progress=plain",
+]
 
 
 def finished(info: dict[str, str]) -> bool:

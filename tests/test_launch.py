@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import launch_command_parser
+from slurm_jobs import TINY_JOB
 
 from ganpaint.errors import UserError
 from ganpaint.launch_plan import PORT_BASE, PORT_SPAN, StopRelay, expand_hostlist
@@ -325,25 +326,11 @@ esac
 """
 
 TINY = [
-    "data.image_px=32",
-    "data.resize_min_px=32",
-    "data.resize_max_px=32",
-    "masks.hole_min_px=8",
-    "masks.hole_max_px=12",
-    "masks.local_px=16",
-    "model.width=8",
-    "model.disc_width=8",
-    "model.fc_features=16",
-    "data.batch_size=4",
-    "data.workers=1",
-    "data.val_images=2",
+    *TINY_JOB,
     "schedule.completion_steps=4",
     "schedule.discriminator_steps=2",
     "schedule.total_steps=100000",
     "checkpoint.every_steps=100000",
-    "log.every_steps=5",
-    "log.image_every_steps=100000",
-    "log.progress=plain",
 ]
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from slurm_cluster import SlurmCluster, install
-from slurm_jobs import JOB_TIMEOUT_S, Job, Timeline, finished, logged_at, step_processes
+from slurm_jobs import JOB_TIMEOUT_S, TINY_JOB, Job, Timeline, finished, logged_at, step_processes
 
 from ganpaint.train import checkpoint
 from ganpaint.train.stop import marker_path
@@ -26,24 +26,10 @@ from ganpaint.train.stop import marker_path
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data.image_px=32",
-    "data.resize_min_px=32",
-    "data.resize_max_px=32",
-    "masks.hole_min_px=8",
-    "masks.hole_max_px=12",
-    "masks.local_px=16",
-    "model.width=8",
-    "model.disc_width=8",
-    "model.fc_features=16",
-    "data.batch_size=4",
-    "data.workers=1",
-    "data.val_images=2",
+    *TINY_JOB,
     "schedule.completion_steps=100",
     "schedule.discriminator_steps=20",
     "checkpoint.every_steps=100",
-    "log.every_steps=5",
-    "log.image_every_steps=100000",
-    "log.progress=plain",
 ]
 STEPS = 300  # about 40 s of job on 2 cores
 SINGLE_NODE = ["--gpus-per-node=0", "--cpus-per-task=2"]

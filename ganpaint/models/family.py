@@ -64,6 +64,8 @@ class Family:
       pastes into the image; the hole is that square.
     - judges_whole_image: the discriminator takes (image, local_patch); else the local patch
       alone (inpainting) or the image alone (generation).
+    - dilated: the generator has dilated rows whose rates model.dilations sets; other families
+      refuse a non-default model.dilations.
     - captions: both nets also take the token ids of each image's caption, tokens [N, T] int64
       (the generator after hole_mask, the discriminator last); the data stream yields them
       (data.captions) and `ganpaint inpaint --caption` encodes the user's text.
@@ -79,6 +81,7 @@ class Family:
     predicts_center: bool = False
     judges_whole_image: bool = False
     captions: bool = False
+    dilated: bool = False
     check: ConfigCheck = no_rules
 
     def judge_inputs(

@@ -119,19 +119,9 @@ def _glcic_rules(config: TrainConfig) -> None:
         )
 
 
-def _no_dilations(config: TrainConfig) -> None:
-    """Only the GLCIC completion net has dilated rows: another family's setting would be lost."""
-    if tuple(config.model.dilations) != PAPER_DILATIONS:
-        raise _config_error(
-            f"config key 'model.dilations': {config.model.family} has no dilated convolutions; "
-            "leave it at its default"
-        )
-
-
 def _centre_rules(config: TrainConfig) -> None:
     """Centre-square predictors: the net predicts the centre half of the image (local_px), the
     hole is that square, or that square less a band of loss.overlap_px (Context Encoders)."""
-    _no_dilations(config)
     masks, image_px, family = config.masks, config.data.image_px, config.model.family
     overlap_px = config.loss.overlap_px
     if masks.kind != "center":
@@ -145,7 +135,6 @@ def _centre_rules(config: TrainConfig) -> None:
 
 
 def _dcgan_rules(config: TrainConfig) -> None:
-    _no_dilations(config)
     if config.data.image_px != 64:
         raise _config_error(
             f"config key 'data.image_px': dcgan generates 64 px images, got {config.data.image_px}"
@@ -169,6 +158,7 @@ register(
             PhasePlan("joint", StepKind.ADVERSARIAL),
         ),
         judges_whole_image=True,
+        dilated=True,
         check=_glcic_rules,
     )
 )
