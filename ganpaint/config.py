@@ -39,7 +39,7 @@ TRACKER_MODULES = {
     "clearml": "clearml",
     "dvclive": "dvclive",
 }
-HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic")  # completion.HoleFill
+HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic", "biharmonic")  # completion.HoleFill
 LOCAL_PLACEMENTS = ("centred", "random")
 CROPS = ("random", "centre")
 
@@ -104,8 +104,11 @@ class ModelConfig:
     # (ganpaint's tokenizers hold at most 10,000 words)
     vocabulary_size: int = 10_000
     # The net's input in the hole: mean (the dataset's mean colour, GLCIC) | zero | pyramid |
-    # harmonic (smooth fills from the pixels around the hole)
+    # harmonic | biharmonic (smooth fills from the pixels around the hole)
     hole_fill: str = "mean"
+    # Solver iterations of the smooth fill (harmonic sweeps, biharmonic conjugate-gradient steps);
+    # 0: the solver's default, converged at the image size. Fewer trade exactness for speed.
+    fill_iterations: int = 0
     residual: bool = (
         False  # the generator adds a correction to its filled input (models/residual.py)
     )
@@ -282,6 +285,10 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     _choice("masks.kind", masks.kind, MASK_KINDS)
     _choice("masks.brush", masks.brush, BRUSH_PRESETS)
     _choice("model.hole_fill", model.hole_fill, HOLE_FILLS)
+    if model.fill_iterations < 0:
+        raise ConfigError(
+            f"config key 'model.fill_iterations': need >= 0, got {model.fill_iterations}"
+        )
     _choice("masks.local_placement", masks.local_placement, LOCAL_PLACEMENTS)
     _choice("data.crop", data.crop, CROPS)
     _choice("optim.generator", optim.generator, OPTIMIZERS)

@@ -72,7 +72,8 @@ class Exported:
     @property
     def hole_fill(self) -> HoleFill:
         """The net's input fill (model.hole_fill), as in training."""
-        return HoleFill(self.config.model.hole_fill, self.fill_rgb)
+        model = self.config.model
+        return HoleFill(model.hole_fill, self.fill_rgb, model.fill_iterations)
 
     @property
     def fill_rgb(self) -> torch.Tensor:

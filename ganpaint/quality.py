@@ -9,7 +9,7 @@ Everything lands under --output (default runs/quality):
     tiles/                the held-out tiles packed as they are (split "test"); with --skimage
     tiles-skimage/        also tiles of scikit-image's sample photos
     recipe.yaml, run/     the training config and its run; it validates on held-out tiles too
-    report-*.json         model vs mean / Telea / pyramid / harmonic fill: hole PSNR, SSIM, L1
+    report-*.json         model vs mean / Telea / pyramid / harmonic / biharmonic fill: hole PSNR, SSIM, L1
 Re-running the same command resumes the run (a finished run is evaluated again).
 """
 

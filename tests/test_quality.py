@@ -111,6 +111,7 @@ def test_quality_command_trains_and_reports_on_held_out_tiles(tmp_path, capsys):
         "telea",
         "pyramid_fill",
         "harmonic_fill",
+        "biharmonic_fill",
     }
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("held-out tiles (12 tiles): hole PSNR ")

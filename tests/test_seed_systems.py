@@ -179,7 +179,7 @@ def test_validation_scores_the_net_beside_every_classical_fill(synthetic_shards,
         generator = build_nets(config.model, 32, 16).generator
         settings = step_settings(config, mean_rgb, torch.device("cpu"))
         scalars, _ = run_validation(generator, settings, validation)
-        baselines = ("mean_fill", "telea", "pyramid_fill", "harmonic_fill")
+        baselines = ("mean_fill", "telea", "pyramid_fill", "harmonic_fill", "biharmonic_fill")
         assert set(scalars) == {
             f"val/{metric}{suffix}"
             for metric in ("hole_psnr", "hole_ssim")

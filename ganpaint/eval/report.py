@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ ROWS = {  # summary key -> (label, format)
     "kid": ("KID ↓", "{:.4f}"),
 }
 BUCKET_ROWS = ("hole_psnr", "hole_ssim", "hole_l1")
+LOG_WIDTH = 200  # columns of the table when stdout is not a terminal
 SCALARS = (
     "hole_psnr",
     "hole_ssim",
@@ -59,7 +61,9 @@ def print_table(report: dict) -> None:
             label, pattern = ROWS[key]
             cells = (pattern.format(results[method]["buckets"][bucket][key]) for method in methods)
             table.add_row(f"{label}, hole {bucket} (n={values['count']})", *cells)
-    Console().print(table)
+    # A terminal gets its own width; a log or pipe gets room for every column (rich's default for
+    # them, 80, would squash the six fills' columns into ellipses).
+    Console(width=None if sys.stdout.isatty() else LOG_WIDTH).print(table)
 
 
 def write_tensorboard(tb_dir: Path, report: dict, preview: torch.Tensor) -> None:
