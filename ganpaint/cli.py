@@ -203,6 +203,9 @@ def _quality(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pack-px", type=int, default=256, help="the photos' shortest side when packed")
     p.add_argument("--skimage", action="store_true", help="also score tiles of skimage.data photos")
     p.add_argument("--workers", type=int, default=2, help="packing processes")
+    p.add_argument(
+        "--hole-seeds", type=int, default=3, help="draws of holes to average the scores over"
+    )
     p.add_argument("overrides", nargs="*", help="dotted.key=value for the recipe")
     p.set_defaults(handler="ganpaint.quality:quality_command")
 

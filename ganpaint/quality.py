@@ -9,7 +9,9 @@ Everything lands under --output (default runs/quality):
     tiles/                the held-out tiles packed as they are (split "test"); with --skimage
     tiles-skimage/        also tiles of scikit-image's sample photos
     recipe.yaml, run/     the training config and its run; it validates on held-out tiles too
-    report-*.json         model vs mean / Telea / pyramid / harmonic / biharmonic fill: hole PSNR, SSIM, L1
+    report-*-seed*.json   model vs mean / Telea / pyramid / harmonic / biharmonic fill: hole PSNR,
+                          SSIM, L1 with one draw of holes (--hole-seeds draws)
+    report-*.json         their means over the draws, and each draw's verdict line
 Re-running the same command resumes the run (a finished run is evaluated again).
 """
 
@@ -148,30 +150,60 @@ def _run(arguments: list[str], what: str) -> None:
         raise UserError(f"{what} failed: {' '.join(command)}")
 
 
-def _evaluate(run_dir: str, packed: dict[str, Path], output: Path) -> None:
-    """`ganpaint eval` of the run on every held-out tile set; the last lines sum them up."""
+def mean_results(reports: list[dict]) -> dict[str, dict[str, float]]:
+    """{method: {metric: mean over reports}} of the overall hole and image metrics."""
+    methods = reports[0]["results"]
+    return {
+        method: {
+            metric: sum(report["results"][method][metric] for report in reports) / len(reports)
+            for metric, value in methods[method].items()
+            if isinstance(value, float)
+        }
+        for method in methods
+    }
+
+
+def _evaluate(run_dir: str, packed: dict[str, Path], output: Path, hole_seeds: int) -> None:
+    """`ganpaint eval` of the run on every held-out tile set, once per hole seed (one draw of holes
+    on ~100 tiles moves the fills' means by a few tenths of a dB: the seeds average that out);
+    the last lines sum them up."""
     from ganpaint.eval.baselines import versus_best
     from ganpaint.eval.evaluate import eval_command
 
     tile_sets = [name for name in packed if name != "shards"]
+    summaries = {}
     for name in tile_sets:
         count = len(list((output / "staging" / name / "test").glob("*.png")))
-        print(f"--- held-out {name}: {count} tiles ---")
-        eval_command(
-            run=run_dir,
-            shards=str(packed[name]),
-            split="test",
-            masks="rect",
-            count=count,
-            seed=0,
-            batch_size=64,
-            inception=None,
-            json_out=str(output / f"report-{name}.json"),
-            device="auto",
+        reports = []
+        for seed in range(hole_seeds):
+            print(f"--- held-out {name}: {count} tiles, hole seed {seed} ---")
+            path = output / f"report-{name}-seed{seed}.json"
+            eval_command(
+                run=run_dir,
+                shards=str(packed[name]),
+                split="test",
+                masks="rect",
+                count=count,
+                seed=seed,
+                batch_size=64,
+                inception=None,
+                json_out=str(path),
+                device="auto",
+            )
+            reports.append(json.loads(path.read_text()))
+        summary = {
+            "images": reports[0]["images"],
+            "hole_seeds": hole_seeds,
+            "results": mean_results(reports),
+            "per_seed": [versus_best(report["results"]) for report in reports],
+        }
+        (output / f"report-{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summaries[name] = summary
+    for name, summary in summaries.items():
+        print(
+            f"held-out {name} ({summary['images']} tiles x {hole_seeds} hole draws): "
+            f"{versus_best(summary['results'])}"
         )
-    for name in tile_sets:
-        report = json.loads((output / f"report-{name}.json").read_text())
-        print(f"held-out {name} ({report['images']} tiles): {versus_best(report['results'])}")
 
 
 def quality_command(
@@ -183,13 +215,17 @@ def quality_command(
     skimage: bool,
     workers: int,
     overrides: list[str],
+    hole_seeds: int = 3,
 ) -> int:
     """Prepare the data, train the recipe for `steps`, evaluate on the held-out tiles."""
     folder = Path(photos).expanduser()
     if not folder.is_dir():
         raise UserError(f"--photos {photos}: not a directory")
-    if steps < 1 or pack_px < 16:
-        raise UserError(f"--steps {steps} / --pack-px {pack_px}: expected >= 1 / >= 16")
+    if steps < 1 or pack_px < 16 or hole_seeds < 1:
+        raise UserError(
+            f"--steps {steps} / --pack-px {pack_px} / --hole-seeds {hole_seeds}: expected >= 1 / "
+            ">= 16 / >= 1"
+        )
     output_dir = Path(output)
     recipe = config_lib.load(config or DEFAULT_RECIPE, overrides)
     if pack_px < recipe.data.image_px:
@@ -212,5 +248,5 @@ def quality_command(
     _run(["train", "--config", str(recipe_file)], "training")
     elapsed = time.perf_counter() - started
     print(f"trained {run_config.schedule.total_steps} steps in {elapsed:.0f} s")
-    _evaluate(run_config.run.dir, packed, output_dir)
+    _evaluate(run_config.run.dir, packed, output_dir, hole_seeds)
     return 0

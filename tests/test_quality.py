@@ -114,7 +114,15 @@ def test_quality_command_trains_and_reports_on_held_out_tiles(tmp_path, capsys):
         "biharmonic_fill",
     }
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("held-out tiles (12 tiles): hole PSNR ")
+    assert last.startswith("held-out tiles (12 tiles x 3 hole draws): hole PSNR ")
+    # the summary is the mean of three different draws of holes
+    draws = [
+        json.loads((output / f"report-tiles-seed{seed}.json").read_text()) for seed in range(3)
+    ]
+    telea = [draw["results"]["telea"]["hole_psnr"] for draw in draws]
+    assert len(set(telea)) == 3
+    assert report["results"]["telea"]["hole_psnr"] == pytest.approx(sum(telea) / 3)
+    assert len(report["per_seed"]) == 3
     assert "the best classical fill" in last
     # the run validated on held-out tiles, never on the training photos
     recipe = config_lib.load(output / "recipe.yaml")
