@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const photoCanvas = $("photo");
 const maskCanvas = $("mask");
 const maskContext = maskCanvas.getContext("2d");
-const FILLS = ["model", "telea", "pyramid", "harmonic"];
+const FILLS = ["model", "telea", "pyramid", "harmonic", "biharmonic"];
 
 let models = [];
 let photoFile = null;
