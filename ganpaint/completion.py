@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ganpaint.config import ModelConfig
 
 
 def fill_holes(
@@ -190,6 +194,11 @@ class HoleFill:
             if self.kind == "biharmonic":
                 return biharmonic_fill(images, hole_mask, iterations)
             return fill_holes(images, hole_mask, self.rgb)
+
+    @classmethod
+    def of(cls, model: ModelConfig, rgb: torch.Tensor) -> HoleFill:
+        """The fill a config's `model` section asks for (`hole_fill`, `fill_iterations`)."""
+        return cls(model.hole_fill, rgb, model.fill_iterations)
 
     def to(self, device: torch.device | str) -> HoleFill:
         return HoleFill(self.kind, self.rgb.to(device), self.iterations)

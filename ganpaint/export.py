@@ -72,8 +72,7 @@ class Exported:
     @property
     def hole_fill(self) -> HoleFill:
         """The net's input fill (model.hole_fill), as in training."""
-        model = self.config.model
-        return HoleFill(model.hole_fill, self.fill_rgb, model.fill_iterations)
+        return HoleFill.of(self.config.model, self.fill_rgb)
 
     @property
     def fill_rgb(self) -> torch.Tensor:

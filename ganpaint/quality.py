@@ -33,6 +33,7 @@ from ganpaint.data.packing import resize_shortest
 from ganpaint.data.shards import pack
 from ganpaint.data.sources import IMAGE_SUFFIXES, ImageReader, Item, SkipImage
 from ganpaint.errors import UserError
+from ganpaint.files import write_text_atomically
 
 HELD_OUT_EVERY = 4  # photos 0, 4, 8, ... (sorted by name) are held out: a quarter of them
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # colour photos in skimage.data
@@ -197,7 +198,7 @@ def _evaluate(run_dir: str, packed: dict[str, Path], output: Path, hole_seeds: i
             "results": mean_results(reports),
             "per_seed": [versus_best(report["results"]) for report in reports],
         }
-        (output / f"report-{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomically(output / f"report-{name}.json", json.dumps(summary, indent=2) + "\n")
         summaries[name] = summary
     for name, summary in summaries.items():
         print(

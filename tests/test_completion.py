@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ganpaint.completion import (
@@ -67,12 +68,22 @@ def test_harmonic_fill_keeps_known_pixels_and_recovers_a_plane_exactly():
     assert (pyramid_fill(plane, hole_mask) - plane).abs().max() > 10 * 2e-3
 
 
-def test_default_sweeps_come_within_a_few_hundredths_of_a_db_of_the_converged_fill():
-    images = _smooth_images(8, 64)
-    hole_mask = _hole(8, 64, 18, 22, 26)
-    default = psnr(harmonic_fill(images, hole_mask), images, hole_mask).mean()
-    converged = psnr(harmonic_fill(images, hole_mask, sweeps=1000), images, hole_mask).mean()
-    assert harmonic_sweeps(64) == 16
+@pytest.mark.parametrize(
+    ("fill", "default_count", "expected_count", "solved", "seed", "hole"),
+    [
+        (harmonic_fill, harmonic_sweeps, 16, {"sweeps": 1000}, 0, (18, 22, 26)),
+        (biharmonic_fill, biharmonic_iterations, 292, {"iterations": 1500}, 2, (17, 19, 28)),
+    ],
+    ids=["harmonic", "biharmonic"],
+)
+def test_default_iterations_come_within_a_few_hundredths_of_a_db_of_the_solved_fill(
+    fill, default_count, expected_count, solved, seed, hole
+):
+    images = _smooth_images(8, 64, seed=seed)
+    hole_mask = _hole(8, 64, *hole)
+    default = psnr(fill(images, hole_mask), images, hole_mask).mean()
+    converged = psnr(fill(images, hole_mask, **solved), images, hole_mask).mean()
+    assert default_count(64) == expected_count
     assert abs(float(converged - default)) < 0.05
 
 
@@ -124,15 +135,6 @@ def test_biharmonic_fill_recovers_a_quadratic_surface_the_harmonic_fill_flattens
     assert torch.equal(filled * (1 - hole_mask), bowl * (1 - hole_mask))
     assert (filled - bowl).abs().max() < 1e-3
     assert (harmonic_fill(bowl, hole_mask, sweeps=400) - bowl).abs().max() > 10 * 1e-3
-
-
-def test_biharmonic_default_iterations_come_within_a_few_hundredths_of_a_db_of_the_solved_fill():
-    images = _smooth_images(8, 64, seed=2)
-    hole_mask = _hole(8, 64, 17, 19, 28)
-    default = psnr(biharmonic_fill(images, hole_mask), images, hole_mask).mean()
-    solved = psnr(biharmonic_fill(images, hole_mask, iterations=1500), images, hole_mask).mean()
-    assert biharmonic_iterations(64) == 292
-    assert abs(float(solved - default)) < 0.05
 
 
 def test_biharmonic_fill_beats_the_harmonic_fill_on_smooth_images_and_leaves_holeless_ones():

@@ -178,9 +178,7 @@ def step_settings(
         family=registry.get(config.model.family),
         loss=config.loss,
         local_px=config.masks.local_px,
-        hole_fill=HoleFill(
-            config.model.hole_fill, fill_rgb.to(device), config.model.fill_iterations
-        ),
+        hole_fill=HoleFill.of(config.model, fill_rgb.to(device)),
         critic_clamp=critic_clamp(config),
         accumulation=config.optim.grad_accum_steps,
     )
