@@ -39,7 +39,7 @@ TRACKER_MODULES = {
     "clearml": "clearml",
     "dvclive": "dvclive",
 }
-HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic", "biharmonic")  # completion.HoleFill
+HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic", "biharmonic", "tension")  # completion.HoleFill
 LOCAL_PLACEMENTS = ("centred", "random")
 CROPS = ("random", "centre")
 
@@ -104,11 +104,15 @@ class ModelConfig:
     # (ganpaint's tokenizers hold at most 10,000 words)
     vocabulary_size: int = 10_000
     # The net's input in the hole: mean (the dataset's mean colour, GLCIC) | zero | pyramid |
-    # harmonic | biharmonic (smooth fills from the pixels around the hole)
+    # harmonic | biharmonic | tension (smooth fills from the pixels around the hole)
     hole_fill: str = "mean"
-    # Solver iterations of the smooth fill (harmonic sweeps, biharmonic conjugate-gradient steps);
-    # 0: the solver's default, converged at the image size. Fewer trade exactness for speed.
+    # Solver iterations of the smooth fill (harmonic sweeps, biharmonic and tension
+    # conjugate-gradient steps); 0: the solver's default, converged at the image size. Fewer trade
+    # exactness for speed.
     fill_iterations: int = 0
+    # The tension fill's tension in [0, 1]: 0 the biharmonic (thin-plate), 1 the harmonic
+    # (membrane) fill
+    fill_tension: float = 0.2
     residual: bool = (
         False  # the generator adds a correction to its filled input (models/residual.py)
     )
@@ -288,6 +292,10 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
     if model.fill_iterations < 0:
         raise ConfigError(
             f"config key 'model.fill_iterations': need >= 0, got {model.fill_iterations}"
+        )
+    if not 0 <= model.fill_tension <= 1:
+        raise ConfigError(
+            f"config key 'model.fill_tension': need a value in [0, 1], got {model.fill_tension}"
         )
     _choice("masks.local_placement", masks.local_placement, LOCAL_PLACEMENTS)
     _choice("data.crop", data.crop, CROPS)

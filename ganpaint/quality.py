@@ -9,8 +9,8 @@ Everything lands under --output (default runs/quality):
     tiles/                the held-out tiles packed as they are (split "test"); with --skimage
     tiles-skimage/        also tiles of scikit-image's sample photos
     recipe.yaml, run/     the training config and its run; it validates on held-out tiles too
-    report-*-seed*.json   model vs mean / Telea / pyramid / harmonic / biharmonic fill: hole PSNR,
-                          SSIM, L1 with one draw of holes (--hole-seeds draws)
+    report-*-seed*.json   model vs mean / Telea / pyramid / harmonic / biharmonic / tension fill:
+                          hole PSNR, SSIM, L1 with one draw of holes (--hole-seeds draws)
     report-*.json         their means over the draws, and each draw's verdict line
 Re-running the same command resumes the run (a finished run is evaluated again).
 """

@@ -1,4 +1,5 @@
-"""The smooth fills (pyramid / push-pull, harmonic, biharmonic): known pixels exact, holes smooth."""
+"""The smooth fills (pyramid / push-pull, harmonic, biharmonic, tension): known pixels exact, holes
+smooth."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ganpaint.completion import (
     harmonic_fill,
     harmonic_sweeps,
     pyramid_fill,
+    tension_fill,
 )
 from ganpaint.eval.metrics import psnr
 
@@ -117,6 +119,10 @@ def test_hole_fill_kinds():
         HoleFill("harmonic", colour, iterations=3)(images, hole_mask),
         harmonic_fill(images, hole_mask, sweeps=3),
     )
+    assert torch.equal(
+        HoleFill("tension", colour, iterations=9, tension=0.4)(images, hole_mask),
+        tension_fill(images, hole_mask, 0.4, iterations=9),
+    )
 
 
 def _bowl(count: int, side: int) -> torch.Tensor:
@@ -145,3 +151,47 @@ def test_biharmonic_fill_beats_the_harmonic_fill_on_smooth_images_and_leaves_hol
     assert torch.equal(biharmonic[0], images[0])
     scores = psnr(biharmonic[1:], images[1:], hole_mask[1:]).mean()
     assert scores > psnr(harmonic_fill(images, hole_mask)[1:], images[1:], hole_mask[1:]).mean() + 1
+
+
+def _energy(filled: torch.Tensor, tension: float) -> torch.Tensor:
+    """The tension fill's objective: (1 - t) x squared Laplacian + t x squared gradient, per image."""
+    neighbours = torch.nn.functional.pad(filled, (1, 1, 1, 1), mode="replicate")
+    laplacian = (
+        neighbours[..., :-2, 1:-1]
+        + neighbours[..., 2:, 1:-1]
+        + neighbours[..., 1:-1, :-2]
+        + neighbours[..., 1:-1, 2:]
+        - 4 * filled
+    )
+    gradient = filled.diff(dim=-1).square().sum((-2, -1)) + filled.diff(dim=-2).square().sum(
+        (-2, -1)
+    )
+    return ((1 - tension) * laplacian.square().sum((-2, -1)) + tension * gradient).sum(-1)
+
+
+@pytest.mark.parametrize("tension", [0.05, 0.2, 0.6])
+def test_tension_fill_minimises_its_energy_between_the_membrane_and_the_thin_plate(tension):
+    """The solve is a minimum: no other fill of the hole, the harmonic and biharmonic ones and
+    random nudges of the solution included, has lower energy; known pixels are kept exactly."""
+    images = _smooth_images(4, 32, seed=5) + 0.05 * torch.rand(4, 3, 32, 32)  # some texture
+    hole_mask = _hole(4, 32, 9, 7, 13)
+    filled = tension_fill(images, hole_mask, tension, iterations=400)
+    assert torch.equal(filled * (1 - hole_mask), images * (1 - hole_mask))
+    best = _energy(filled, tension)
+    others = [harmonic_fill(images, hole_mask, sweeps=400), biharmonic_fill(images, hole_mask)]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        others.append(filled + 1e-2 * hole_mask * torch.randn(filled.shape, generator=generator))
+    for other in others:
+        assert (_energy(other, tension) > best * (1 + 1e-4)).all()
+
+
+def test_tension_fill_ends_are_the_biharmonic_and_the_harmonic_fill():
+    images = _smooth_images(3, 32, seed=6)
+    hole_mask = _hole(3, 32, 8, 10, 14)
+    assert torch.equal(tension_fill(images, hole_mask, 0.0), biharmonic_fill(images, hole_mask))
+    membrane = tension_fill(images, hole_mask, 1.0, iterations=400)
+    solved = harmonic_fill(images, hole_mask, sweeps=400)
+    assert (membrane - solved).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="tension"):
+        tension_fill(images, hole_mask, 1.2)

@@ -112,6 +112,7 @@ def test_quality_command_trains_and_reports_on_held_out_tiles(tmp_path, capsys):
         "pyramid_fill",
         "harmonic_fill",
         "biharmonic_fill",
+        "tension_fill",
     }
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("held-out tiles (12 tiles x 3 hole draws): hole PSNR ")

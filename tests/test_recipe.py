@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from ganpaint import config as config_lib
-from ganpaint.completion import HoleFill, complete
+from ganpaint.completion import TENSION, HoleFill, complete
 from ganpaint.config import ConfigError
 from ganpaint.eval.baselines import best_baseline, versus_best
 from ganpaint.models import build_nets, registry
@@ -85,6 +85,8 @@ def test_completion_net_takes_the_dilation_rates_in_order():
         ({"model.family": "dcgan", "data.image_px": 64, "model.residual": True}, "model.residual"),
         ({"model.hole_fill": "telea"}, "model.hole_fill"),
         ({"model.fill_iterations": -1}, "model.fill_iterations"),
+        ({"model.fill_tension": 1.5}, "model.fill_tension"),
+        ({"model.fill_tension": -0.1}, "model.fill_tension"),
     ],
 )
 def test_recipe_options_are_checked_in_one_line(overrides, key, make_config, tmp_path):
@@ -110,8 +112,18 @@ def test_paper_presets_keep_the_papers_choices(preset):
 
 def test_the_demo_uses_the_recipe():
     model = config_lib.load(str(CONFIGS / "demo.yaml"), []).model
-    recipe = (model.residual, model.hole_fill, model.fill_iterations, list(model.dilations))
-    assert recipe == (True, "biharmonic", 100, [1, 2, 4, 8])
+    recipe = (
+        model.residual,
+        model.hole_fill,
+        model.fill_tension,
+        model.fill_iterations,
+        list(model.dilations),
+    )
+    assert recipe == (True, "tension", TENSION, 100, [1, 2, 4, 8])
+
+
+def test_the_config_default_tension_is_the_fills_default():
+    assert config_lib.ModelConfig().fill_tension == TENSION
 
 
 def test_the_report_names_the_best_classical_fill():

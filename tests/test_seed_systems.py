@@ -17,6 +17,7 @@ from ganpaint import config as config_lib
 from ganpaint.config import ConfigError
 from ganpaint.data.shards import pack
 from ganpaint.data.stream import train_loader
+from ganpaint.eval.baselines import BASELINES
 from ganpaint.export import load_generator
 from ganpaint.inpaint import inpaint_pixels
 from ganpaint.losses import masked_mse, overlap_mse
@@ -179,7 +180,7 @@ def test_validation_scores_the_net_beside_every_classical_fill(synthetic_shards,
         generator = build_nets(config.model, 32, 16).generator
         settings = step_settings(config, mean_rgb, torch.device("cpu"))
         scalars, _ = run_validation(generator, settings, validation)
-        baselines = ("mean_fill", "telea", "pyramid_fill", "harmonic_fill", "biharmonic_fill")
+        baselines = BASELINES
         assert set(scalars) == {
             f"val/{metric}{suffix}"
             for metric in ("hole_psnr", "hole_ssim")

@@ -108,7 +108,7 @@ def test_fill_changes_only_the_hole(server, model: str, layout: str) -> None:
     status, answer = post_fill(url, image=png(original), mask=png(mask), model=runs[model])
     assert status == 200, answer
     hole = mask > 127
-    for name in ("model", "telea", "pyramid", "harmonic", "biharmonic"):
+    for name in ("model", "telea", "pyramid", "harmonic", "biharmonic", "tension"):
         filled = decode(answer["images"][name])
         assert filled.shape == original.shape, name
         np.testing.assert_array_equal(filled[~hole], original[~hole])

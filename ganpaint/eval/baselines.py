@@ -1,7 +1,8 @@
 """The classical fills every model is judged against, and the line that names the best of them.
 
 The mean colour (the GLCIC paper's input fill), OpenCV's Telea inpainting, the pyramid (push-pull)
-fill, the harmonic (Laplace, membrane) fill and the biharmonic (thin-plate) fill. All return
+fill, the harmonic (Laplace, membrane) fill, the biharmonic (thin-plate) fill and the spline in
+tension between them (`completion.TENSION`). All return
 completed images in the evaluation's layout (float RGB [N, 3, H, W] in [0, 1], hole mask
 [N, 1, H, W] with 1 = hole) with the known pixels untouched, so their metrics sit beside the
 model's on the same holes.
@@ -13,7 +14,13 @@ import cv2
 import numpy as np
 import torch
 
-from ganpaint.completion import biharmonic_fill, fill_holes, harmonic_fill, pyramid_fill
+from ganpaint.completion import (
+    biharmonic_fill,
+    fill_holes,
+    harmonic_fill,
+    pyramid_fill,
+    tension_fill,
+)
 
 # Telea's neighbourhood radius in pixels; 3-5 is the usual range and the GLCIC post-processing's.
 TELEA_RADIUS = 3
@@ -23,6 +30,7 @@ BASELINES = {  # result key -> label
     "pyramid_fill": "pyramid fill",
     "harmonic_fill": "harmonic fill",
     "biharmonic_fill": "biharmonic fill",
+    "tension_fill": "tension fill",
 }
 
 
@@ -70,6 +78,7 @@ def classical_fills(
         "pyramid_fill": pyramid_fill(images, hole_mask),
         "harmonic_fill": harmonic_fill(images, hole_mask),
         "biharmonic_fill": biharmonic_fill(images, hole_mask).clamp(0, 1),
+        "tension_fill": tension_fill(images, hole_mask).clamp(0, 1),
     }
 
 

@@ -24,8 +24,8 @@ ROWS = {  # summary key -> (label, format)
     "fid": ("FID ↓", "{:.2f}"),
     "kid": ("KID ↓", "{:.4f}"),
 }
-BUCKET_ROWS = ("hole_psnr", "hole_ssim", "hole_l1")
-LOG_WIDTH = 200  # columns of the table when stdout is not a terminal
+BUCKET_COLUMNS = ("hole_psnr", "hole_ssim")  # per hole-area bucket, one cell "PSNR / SSIM"
+LOG_WIDTH = 160  # columns of the tables when stdout is not a terminal
 SCALARS = (
     "hole_psnr",
     "hole_ssim",
@@ -39,31 +39,58 @@ SCALARS = (
 
 
 def print_table(report: dict) -> None:
-    """A rich table: one row per metric (and per hole-area bucket), one column per method."""
+    """Two rich tables, one row per method: the metrics over all images, then hole PSNR / SSIM per
+    hole-area bucket. The best value of each column is bold."""
     from rich.console import Console
     from rich.table import Table
 
     results = report["results"]
+    methods = [method for method in COLUMNS if method in results]
+    # A terminal gets its own width; a log or pipe gets room for every column (rich's default for
+    # them, 80, would squash the columns into ellipses).
+    console = Console(width=None if sys.stdout.isatty() else LOG_WIDTH)
     title = (
         f"{report['family']} step {report['step']}: {report['images']} images of "
         f"'{report['split']}', {report['masks']} holes, seed {report['seed']}"
     )
+    keys = [key for key in ROWS if key in results["model"]]
     table = Table(title=title)
-    table.add_column("metric")
-    methods = [method for method in COLUMNS if method in results]
+    table.add_column("method")
+    for key in keys:
+        table.add_column(ROWS[key][0], justify="right")
+    best = {key: _best(methods, key, lambda method, key=key: results[method][key]) for key in keys}
     for method in methods:
-        table.add_column(COLUMNS[method], justify="right")
-    for key, (label, pattern) in ROWS.items():
-        if key in results["model"]:
-            table.add_row(label, *(pattern.format(results[method][key]) for method in methods))
-    for bucket, values in results["model"]["buckets"].items():
-        for key in BUCKET_ROWS:
-            label, pattern = ROWS[key]
-            cells = (pattern.format(results[method]["buckets"][bucket][key]) for method in methods)
-            table.add_row(f"{label}, hole {bucket} (n={values['count']})", *cells)
-    # A terminal gets its own width; a log or pipe gets room for every column (rich's default for
-    # them, 80, would squash the six fills' columns into ellipses).
-    Console(width=None if sys.stdout.isatty() else LOG_WIDTH).print(table)
+        cells = (_cell(ROWS[key][1], results[method][key], best[key] == method) for key in keys)
+        table.add_row(COLUMNS[method], *cells)
+    console.print(table)
+
+    buckets = results["model"]["buckets"]
+    table = Table(title="hole PSNR (dB) / hole SSIM by hole area (share of the image)")
+    table.add_column("method")
+    for bucket, values in buckets.items():
+        table.add_column(f"hole {bucket} (n={values['count']})", justify="right")
+    for method in methods:
+        cells = []
+        for bucket in buckets:
+            parts = []
+            for key in BUCKET_COLUMNS:
+                winner = _best(methods, key, lambda m, b=bucket, k=key: results[m]["buckets"][b][k])
+                value = results[method]["buckets"][bucket][key]
+                parts.append(_cell(ROWS[key][1], value, winner == method))
+            cells.append(" / ".join(parts))
+        table.add_row(COLUMNS[method], *cells)
+    console.print(table)
+
+
+def _best(methods: list[str], key: str, value) -> str:
+    """The method with the best `key` (the highest, or the lowest where lower is better: ↓)."""
+    lower_is_better = ROWS[key][0].endswith("↓")
+    return (min if lower_is_better else max)(methods, key=value)
+
+
+def _cell(pattern: str, value: float, best: bool) -> str:
+    text = pattern.format(value)
+    return f"[bold]{text}[/bold]" if best else text
 
 
 def write_tensorboard(tb_dir: Path, report: dict, preview: torch.Tensor) -> None:

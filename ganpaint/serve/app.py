@@ -5,7 +5,7 @@ GET  /api/models   [{name, family, step, conditioning, image_px, hole_px}, ...]
 POST /api/fill     multipart: image (the photo file as uploaded), mask (PNG, white = hole),
                    model (a name from /api/models), caption (caption-conditioned models only)
                    -> {width, height, windows, timings_ms, images: {model, telea, pyramid, harmonic,
-                                                                  biharmonic}}
+                                                                  biharmonic, tension}}
                    with each image a data: URL of a PNG; any error -> 4xx/5xx {"error": one line}
 
 Every error answers the request with one line and leaves the server serving. Fills run one at a

@@ -1,5 +1,5 @@
 """What the page's Fill button runs: decode the upload, fill its holes with the model and with the
-classical fills (Telea, pyramid, harmonic, biharmonic) on the same windows, time each, and return PNGs.
+classical fills (Telea, pyramid, harmonic, biharmonic, tension) on the same windows, time each, and return PNGs.
 
 No web code here: the app hands bytes in and gets a FillResult (or a UserError) back.
 """
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from ganpaint.completion import biharmonic_fill, harmonic_fill, pyramid_fill
+from ganpaint.completion import biharmonic_fill, harmonic_fill, pyramid_fill, tension_fill
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import telea_inpaint_uint8
 from ganpaint.eval.runs import open_model
@@ -62,7 +62,7 @@ def telea_window(rgb: np.ndarray, hole: np.ndarray, window: Window) -> np.ndarra
 
 
 def _smooth_window(fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> WindowFill:
-    """A tensor fill (pyramid, harmonic, biharmonic) run on one window of the photo."""
+    """A tensor fill (pyramid, harmonic, biharmonic, tension) run on one window of the photo."""
 
     def run(rgb: np.ndarray, hole: np.ndarray, window: Window) -> np.ndarray:
         box = window.inside(*hole.shape)
@@ -76,6 +76,7 @@ def _smooth_window(fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
 pyramid_window = _smooth_window(pyramid_fill)
 harmonic_window = _smooth_window(harmonic_fill)
 biharmonic_window = _smooth_window(biharmonic_fill)
+tension_window = _smooth_window(tension_fill)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def fill_upload(
     max_megapixels: float,
 ) -> FillResult:
     """The model's fill (Poisson-blended, as `ganpaint inpaint`) beside Telea, the pyramid, the
-    harmonic and the biharmonic fill."""
+    harmonic, the biharmonic and the tension fill."""
     pixels, hole = read_upload(image, mask, max_megapixels)
     started = time.perf_counter()
     windows = plan_windows(hole, model.geometry, PHOTO)
@@ -134,6 +135,7 @@ def fill_upload(
         "pyramid": pyramid_window,
         "harmonic": harmonic_window,
         "biharmonic": biharmonic_window,
+        "tension": tension_window,
     }
     for name, fill in fills.items():  # each time includes planning the windows it runs on
         started = time.perf_counter()

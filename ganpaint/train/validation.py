@@ -1,8 +1,8 @@
 """The fixed validation batch: image grids, and hole PSNR / SSIM beside the classical fills, in training.
 
 The same images and holes are used at every tick (and after a resume), so the curves compare
-like with like. The classical fills (`eval.baselines`: mean, Telea, pyramid, harmonic,
-biharmonic) are scored once, on the same holes, and logged at every tick beside the net, as
+like with like. The classical fills (`eval.baselines`: mean, Telea, pyramid, harmonic, biharmonic,
+tension) are scored once, on the same holes, and logged at every tick beside the net, as
 `ganpaint eval` reports them. The nets run unwrapped and in eval mode on rank 0 only (no collective).
 """
 

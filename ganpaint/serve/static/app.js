@@ -1,12 +1,12 @@
 // ganpaint serve: load a photo, paint the hole on a mask canvas of the photo's own size, send the
-// original file and a white-on-black mask PNG to /api/fill, show the three fills it returns.
+// original file and a white-on-black mask PNG to /api/fill, show the fills it returns.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const photoCanvas = $("photo");
 const maskCanvas = $("mask");
 const maskContext = maskCanvas.getContext("2d");
-const FILLS = ["model", "telea", "pyramid", "harmonic", "biharmonic"];
+const FILLS = ["model", "telea", "pyramid", "harmonic", "biharmonic", "tension"];
 
 let models = [];
 let photoFile = null;
