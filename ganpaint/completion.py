@@ -253,6 +253,7 @@ def complete(
     hole_fill: HoleFill,
     predicts_center: bool,
     tokens: torch.Tensor | None = None,
+    filled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run an inpainting generator on the `hole_fill`ed images and composite its output.
 
@@ -260,8 +261,10 @@ def complete(
     (for centre-predicting nets, as their family declares, pasted into the filled input),
     `completed` keeps the known pixels of `images` and takes the prediction inside the hole only.
     `tokens` [N, T]: the captions of caption-conditioned generators (passed after hole_mask).
+    `filled`: hole_fill(images, hole_mask) when the caller has it already (it is not recomputed).
     """
-    filled = hole_fill(images, hole_mask)
+    if filled is None:
+        filled = hole_fill(images, hole_mask)
     captions = () if tokens is None else (tokens,)
     output = generator(filled, hole_mask, *captions)
     prediction = paste_center(filled, output) if predicts_center else output

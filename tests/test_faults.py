@@ -405,6 +405,31 @@ def test_ctrl_c_while_the_loader_starts_does_not_hang(synthetic_shards):
     interrupt_while_the_loader_starts(synthetic_shards, 0.005)
 
 
+INTERRUPTED_BETWEEN_BATCHES = """
+import os, signal, sys, time
+from ganpaint.config import DataConfig
+from ganpaint.data.stream import train_loader
+data = DataConfig(shards=sys.argv[1], image_px=32, resize_min_px=32, resize_max_px=40, workers=1)
+stream = train_loader(data, 4, 0, 1, 0, 0)
+try:
+    next(stream)
+    next(stream)
+    os.kill(os.getpid(), signal.SIGINT)  # the stream is suspended between two batches
+    time.sleep(5)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_between_batches_with_the_stream_still_open_does_not_hang(synthetic_shards):
+    """The open stream's worker (it ignores SIGTERM) is stopped before multiprocessing's exit
+    handler waits for it: it used to wait for ever."""
+    status, _, err = run_command(
+        [sys.executable, "-c", INTERRUPTED_BETWEEN_BATCHES, str(synthetic_shards)], 60
+    )
+    assert status == 130, err[-2000:]
+
+
 # --- 6. one line instead of a traceback ----------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ equal batch counts.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import signal
 import threading
@@ -219,20 +220,28 @@ def _stop_signals_deferred() -> Iterator[None]:
 
 def _one_line_failures(loader: torch.utils.data.DataLoader) -> Iterator:
     """The loader's items; a reader's failure raised here as one line. Closing this generator (or
-    leaving it by an exception) stops the loader's workers at once."""
-    iterator = None
+    leaving it by an exception) stops the loader's workers at once, and so does the interpreter's
+    exit while it is still open."""
+    iterator = shutdown = None
     try:
-        with _stop_signals_deferred():
+        with _stop_signals_deferred():  # a stop signal now is raised once shutdown is in place
             iterator = iter(loader)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                # An exception raised while this generator is suspended (a Ctrl-C between two
+                # batches, a crash in the caller) leaves it open and its workers running until
+                # the generator is collected, which can be after the interpreter's exit has
+                # begun: multiprocessing's exit handler would then wait for ever on workers that
+                # ignore SIGTERM. Exit handlers run last-registered first: this one goes before.
+                atexit.register(shutdown)
         for item in iterator:
             if isinstance(item, ReaderFailure):
                 raise UserError(item.message)
             yield item
     finally:
-        # Not left to the garbage collector, for the same reason: a traceback can keep the
-        # iterator (and so its workers) alive until after the interpreter's exit has begun.
-        shutdown = getattr(iterator, "_shutdown_workers", None)
+        # Not left to the garbage collector, for the same reason.
         if shutdown is not None:
+            atexit.unregister(shutdown)
             shutdown()
 
 

@@ -162,8 +162,9 @@ def evaluate(
                 features[name].append(extractor(result))
         if preview is None:
             shown = slice(0, PREVIEW_IMAGES)
-            model_input = exported.hole_fill.to(device)(images, hole_mask)
-            columns = [images[shown], model_input[shown], completed[shown], filled["telea"][shown]]
+            # each image's fill is its own: fill only the shown ones again
+            model_input = exported.hole_fill.to(device)(images[shown], hole_mask[shown])
+            columns = [images[shown], model_input, completed[shown], filled["telea"][shown]]
             preview = torch.stack(columns, 1).flatten(0, 1).cpu()
     if start == 0:
         raise UserError("no images to evaluate")

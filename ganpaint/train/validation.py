@@ -103,8 +103,10 @@ def run_validation(
         if not settings.family.inpaints:
             samples = generator(validation.latent).float()
             return {}, make_grid(samples, nrow=8)
-        prediction, completed = complete(generator, images, hole_mask, hole_fill, centre, tokens)
-        masked_input = hole_fill(images, hole_mask)
+        masked_input = hole_fill(images, hole_mask)  # once: the net's input and the grid's row
+        prediction, completed = complete(
+            generator, images, hole_mask, hole_fill, centre, tokens, masked_input
+        )
         scalars = {
             f"val/{metric}": value
             for metric, value in hole_scores(completed, images, hole_mask).items()
@@ -112,7 +114,10 @@ def run_validation(
         for name, scores in validation.baselines.items():
             scalars |= {f"val/{metric}_{name}": value for metric, value in scores.items()}
         if tokens is not None:  # each image gets the next one's caption
-            shuffled = complete(generator, images, hole_mask, hole_fill, centre, tokens.roll(1, 0))
+            other = tokens.roll(1, 0)
+            shuffled = complete(
+                generator, images, hole_mask, hole_fill, centre, other, masked_input
+            )
             scalars["val/hole_psnr_shuffled_caption"] = float(
                 psnr(shuffled[1], images, hole_mask).mean()
             )
