@@ -379,6 +379,7 @@ def test_first_ctrl_c_asks_for_a_stop_and_a_second_stops_at_once():
 
 INTERRUPTED_START = """
 import os, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner's `cmd &` starts us ignoring it
 from ganpaint.config import DataConfig
 from ganpaint.data.stream import train_loader
 data = DataConfig(shards=sys.argv[1], image_px=32, resize_min_px=32, resize_max_px=40, workers=1)
@@ -407,6 +408,7 @@ def test_ctrl_c_while_the_loader_starts_does_not_hang(synthetic_shards):
 
 INTERRUPTED_BETWEEN_BATCHES = """
 import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner's `cmd &` starts us ignoring it
 from ganpaint.config import DataConfig
 from ganpaint.data.stream import train_loader
 data = DataConfig(shards=sys.argv[1], image_px=32, resize_min_px=32, resize_max_px=40, workers=1)
