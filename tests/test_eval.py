@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rich.console
 import torch
 from skimage import data
 from skimage.metrics import structural_similarity
@@ -21,6 +22,7 @@ from ganpaint.eval import metrics
 from ganpaint.eval.baselines import mean_fill, telea_fill
 from ganpaint.eval.evaluate import evaluate
 from ganpaint.eval.fid import frechet_distance, kernel_inception_distance, load_inception
+from ganpaint.eval.report import print_table
 from ganpaint.export import load_generator, save_export
 from ganpaint.models import build_nets
 
@@ -352,3 +354,32 @@ def test_eval_bad_inputs_one_line_exit_2(synthetic_shards, make_config, tmp_path
         assert run_eval(run_dir, shards, *extra) == 2, expected
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and expected in error, error
+
+
+def test_the_table_has_a_row_per_method_and_bolds_each_columns_best(capsys, monkeypatch):
+    def scores(psnr: float, l1: float) -> dict:
+        values = {"hole_psnr": psnr, "hole_ssim": psnr / 40, "hole_l1": l1}
+        return values | {"buckets": {"<10%": {"count": 3, **values}}}
+
+    report = {"family": "glcic", "step": 7, "images": 3, "split": "val", "masks": "rect", "seed": 0}
+    report["results"] = {
+        "model": scores(25.0, 0.05),  # best PSNR (higher is better)
+        "telea": scores(20.0, 0.04),  # best L1 (lower is better)
+        "harmonic_fill": scores(22.0, 0.06),
+    }
+    print_table(report)
+    lines = capsys.readouterr().out.splitlines()
+    rows = {}  # method -> its row of the first table (the bucket table repeats the labels)
+    for line in lines:
+        if line.count("│") > 2:
+            rows.setdefault(line.split("│")[1].strip(), line)
+    assert {"model", "Telea", "harmonic fill"} <= rows.keys()
+    assert "25.00" in rows["model"] and "0.0400" in rows["Telea"]
+    assert "hole <10% (n=3)" in "\n".join(lines)
+
+    console = rich.console.Console(record=True, width=200, force_terminal=True)
+    monkeypatch.setattr("rich.console.Console", lambda width=None: console)
+    print_table(report)
+    text = console.export_text(styles=True)
+    assert "\x1b[1m25.00" in text and "\x1b[1m0.0400" in text  # bold: the best of each column
+    assert "\x1b[1m0.0500" not in text and "\x1b[1m20.00" not in text

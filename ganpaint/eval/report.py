@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def print_table(report: dict) -> None:
     console.print(table)
 
 
-def _best(methods: list[str], key: str, value) -> str:
+def _best(methods: list[str], key: str, value: Callable[[str], float]) -> str:
     """The method with the best `key` (the highest, or the lowest where lower is better: ↓)."""
     lower_is_better = ROWS[key][0].endswith("↓")
     return (min if lower_is_better else max)(methods, key=value)
