@@ -59,10 +59,9 @@ def print_table(report: dict) -> None:
     table.add_column("method")
     for key in keys:
         table.add_column(ROWS[key][0], justify="right")
-    best = {key: _best(methods, key, lambda method, key=key: results[method][key]) for key in keys}
+    texts = [_texts(methods, key, lambda method, key=key: results[method][key]) for key in keys]
     for method in methods:
-        cells = (_cell(ROWS[key][1], results[method][key], best[key] == method) for key in keys)
-        table.add_row(COLUMNS[method], *cells)
+        table.add_row(COLUMNS[method], *(column[method] for column in texts))
     console.print(table)
 
     buckets = results["model"]["buckets"]
@@ -70,28 +69,27 @@ def print_table(report: dict) -> None:
     table.add_column("method")
     for bucket, values in buckets.items():
         table.add_column(f"hole {bucket} (n={values['count']})", justify="right")
+    texts = [
+        [
+            _texts(methods, key, lambda method, b=bucket, k=key: results[method]["buckets"][b][k])
+            for key in BUCKET_COLUMNS
+        ]
+        for bucket in buckets
+    ]
     for method in methods:
-        cells = []
-        for bucket in buckets:
-            parts = []
-            for key in BUCKET_COLUMNS:
-                winner = _best(methods, key, lambda m, b=bucket, k=key: results[m]["buckets"][b][k])
-                value = results[method]["buckets"][bucket][key]
-                parts.append(_cell(ROWS[key][1], value, winner == method))
-            cells.append(" / ".join(parts))
+        cells = (" / ".join(part[method] for part in parts) for parts in texts)
         table.add_row(COLUMNS[method], *cells)
     console.print(table)
 
 
-def _best(methods: list[str], key: str, value: Callable[[str], float]) -> str:
-    """The method with the best `key` (the highest, or the lowest where lower is better: ↓)."""
-    lower_is_better = ROWS[key][0].endswith("↓")
-    return (min if lower_is_better else max)(methods, key=value)
-
-
-def _cell(pattern: str, value: float, best: bool) -> str:
-    text = pattern.format(value)
-    return f"[bold]{text}[/bold]" if best else text
+def _texts(methods: list[str], key: str, value: Callable[[str], float]) -> dict[str, str]:
+    """Each method's `value` of metric `key`, formatted; the best one (the highest, or the lowest
+    where lower is better: ↓) bold."""
+    label, pattern = ROWS[key]
+    best = (min if label.endswith("↓") else max)(methods, key=value)
+    texts = {method: pattern.format(value(method)) for method in methods}
+    texts[best] = f"[bold]{texts[best]}[/bold]"
+    return texts
 
 
 def write_tensorboard(tb_dir: Path, report: dict, preview: torch.Tensor) -> None:
