@@ -14,7 +14,7 @@ PHOTOS     ?=
 STEPS      ?= 650
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all test-slurm lint format demo quality shards bench serve screenshot clean
+.PHONY: help setup test test-all test-slurm test-browser lint format demo quality shards bench serve screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,12 +31,16 @@ setup: $(VENV)/.installed  ## build .venv and install ganpaint with its dev extr
 test: setup  ## the default test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q
 
-test-all: setup  ## every test but the Slurm ones, slow included (GPU tests skip without a GPU)
-	$(PY) -m pytest -q -m "not slurm"
+test-all: setup  ## every test but the Slurm and browser ones, slow included (GPU tests skip without a GPU)
+	$(PY) -m pytest -q -m "not slurm and not browser"
 
 test-slurm: setup  ## real Slurm jobs on a local cluster (root: installs slurm-wlm + munge; ~8 min)
 	$(PY) tests/slurm_cluster.py install
 	$(PY) -m pytest -q -m slurm -rP
+
+test-browser: setup  ## the page in headless Chromium (root: installs chromium + chromium-driver; ~1 min)
+	$(PY) tests/system_packages.py browser
+	GANPAINT_REQUIRE_BROWSER=1 $(PY) -m pytest -q -m browser -rs
 
 lint: setup  ## ruff lint + format check
 	$(VENV)/bin/ruff check ganpaint tests train.py

@@ -22,38 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-PACKAGES = ("slurm-wlm", "munge")
-BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel", "srun")
-APT_TIMEOUT_S = 600
-
-
-def _missing_binaries() -> list[str]:
-    return [name for name in BINARIES if shutil.which(name, path=_sbin_path()) is None]
-
-
-def _sbin_path() -> str:
-    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+import system_packages
 
 
 def install() -> str | None:
-    """Install the packages when missing; returns why the Slurm tests cannot run here, or None."""
+    """Install Slurm and munge when missing; returns why the Slurm tests cannot run here, or None."""
     if os.geteuid() != 0:
         return "the Slurm tests start munged, slurmctld and slurmd: run them as root"
-    missing = _missing_binaries()
-    if not missing:
-        return None
-    if shutil.which("apt-get") is None:
-        return f"Slurm is not installed ({', '.join(missing)} missing) and apt-get is absent"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
-        )
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            return f"{' '.join(command)} failed: {' '.join(tail)}"
-    missing = _missing_binaries()
-    return f"still missing after apt-get install: {', '.join(missing)}" if missing else None
+    return system_packages.install("slurm")
 
 
 def _free_port() -> int:
@@ -84,7 +60,7 @@ class SlurmCluster:
         self.conf = self.root / "slurm.conf"
         self.socket = self.root / "munge" / "munge.socket"
         self.daemons: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": _sbin_path()}
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": system_packages.sbin_path()}
 
     # Start: munged, then slurmctld, then the slurmd; each in the foreground so its pid is ours.
     def start(self, timeout_s: float = 60) -> SlurmCluster:
