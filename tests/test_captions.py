@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ganpaint
 from ganpaint import cli
 from ganpaint import config as config_lib
 from ganpaint.config import ConfigError
@@ -386,6 +387,20 @@ def test_caption_run_resumes_to_the_same_weights(caption_shards, tmp_path):
         expected = load_file(str(checkpoint.latest(tmp_path / "straight") / f"{net}.safetensors"))
         actual = load_file(str(checkpoint.latest(tmp_path / "resumed") / f"{net}.safetensors"))
         assert all(torch.equal(expected[key], actual[key]) for key in expected), net
+
+
+def test_caption_family_trains_and_exports_in_bf16(caption_shards, tmp_path):
+    """The caption nets under bf16 autocast on the CPU: finite losses, an export that fills."""
+    run = train(
+        caption_config(
+            caption_shards, tmp_path / "run", "run.mixed_precision=bf16", "schedule.total_steps=2"
+        )
+    )
+    model = ganpaint.load(run)
+    images, hole = torch.rand(2, 3, 32, 32), torch.zeros(2, 1, 32, 32)
+    hole[..., 8:24, 8:24] = 1
+    _, completed = model.complete(images, hole, model.encode_captions(["a cat", ""]))
+    assert completed.dtype == torch.float32 and torch.isfinite(completed).all()
 
 
 def test_caption_family_needs_caption_data(caption_shards, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ganpaint
 from ganpaint import losses
 from ganpaint.errors import UserError
 from ganpaint.train import checkpoint
@@ -92,6 +93,30 @@ def test_each_family_trains_through_its_phases(family, synthetic_shards, make_co
     assert steps[-1] == config.schedule.total_steps and len(steps) <= config.checkpoint.keep
     exported = load_file(str(run_dir / "export" / "generator.safetensors"))
     assert exported and all(torch.isfinite(t.float()).all() for t in exported.values())
+
+
+@pytest.mark.parametrize("family", list(FAMILY_OVERRIDES))
+def test_each_family_trains_and_exports_in_bf16(family, synthetic_shards, make_config):
+    """The mixed-precision path on the CPU, so a dtype mistake shows here and not on a GPU node:
+    every phase under bf16 autocast, then an export that loads and fills in fp32."""
+    config = make_config(
+        synthetic_shards,
+        **{"model.family": family, "run.mixed_precision": "bf16", **FAMILY_OVERRIDES[family]},
+    )
+    run_dir = train(config)
+    rows = stats(run_dir)
+    assert rows[-1]["step"] == config.schedule.total_steps
+    losses_seen = [value for row in rows for key, value in row.items() if "/" in key]
+    assert losses_seen and all(torch.isfinite(torch.tensor(losses_seen)))
+    exported = load_file(str(run_dir / "export" / "generator.safetensors"))
+    assert {tensor.dtype for tensor in exported.values()} <= {torch.float32, torch.int64}
+    model = ganpaint.load(run_dir)
+    if family != "dcgan":
+        images = torch.rand(2, 3, config.data.image_px, config.data.image_px)
+        hole = torch.zeros(2, 1, config.data.image_px, config.data.image_px)
+        hole[..., 8:24, 8:24] = 1
+        _, completed = model.complete(images, hole)
+        assert completed.dtype == torch.float32 and torch.isfinite(completed).all()
 
 
 def _final_generator(run_dir: Path) -> dict[str, torch.Tensor]:
