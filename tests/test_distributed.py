@@ -15,7 +15,7 @@ TINY = ROOT / "tests" / "scripts" / "tiny.yaml"
 
 
 def launch(script: Path, *args: str, processes: int = 2, timeout: int = 240):
-    """`accelerate launch` with the flags that start N synchronised CPU processes (ENVIRONMENT.md)."""
+    """`accelerate launch` with the flags that start N synchronised CPU processes (`--cpu` would start one)."""
     command = [
         sys.executable,
         "-m",

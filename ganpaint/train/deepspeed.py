@@ -238,7 +238,7 @@ def _allowed_globals() -> AbstractContextManager:
 
 
 class SafeCheckpointEngine(TorchCheckpointEngine):
-    """DeepSpeed's torch checkpoint engine, loading with weights_only=True (DESIGN.md)."""
+    """DeepSpeed's torch checkpoint engine, loading with weights_only=True (nothing unpickles code)."""
 
     def load(self, path: str, map_location=None):
         try:

@@ -6,7 +6,7 @@ one under gradient accumulation; WGAN takes `critic_steps` groups of them). It u
 of its phase through the backend (ganpaint/train/backend.py: DDP or DeepSpeed, never asked which)
 and returns a dict of scalar tensors, still on the device.
 
-Logit conventions (DESIGN.md): discriminators return logits; adversarial losses are BCE-with-logits.
+Logit conventions: discriminators return logits; adversarial losses are BCE-with-logits.
 For the generator's adversarial term the discriminator is called unwrapped (no DDP hooks) with its
 parameters frozen, so its gradients are neither computed nor all-reduced.
 """

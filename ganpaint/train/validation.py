@@ -113,7 +113,7 @@ def run_validation(
         }
         for name, scores in validation.baselines.items():
             scalars |= {f"val/{metric}_{name}": value for metric, value in scores.items()}
-        if tokens is not None:  # each image gets the next one's caption
+        if tokens is not None:  # each image gets the previous one's caption (roll by 1)
             other = tokens.roll(1, 0)
             shuffled = complete(
                 generator, images, hole_mask, hole_fill, centre, other, masked_input
