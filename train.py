@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from ganpaint.cli import add_train_arguments
-from ganpaint.errors import UserError, describe_os_error
+from ganpaint.errors import UserError, describe_os_error, print_error
 from ganpaint.train.distributed import shutdown
 from ganpaint.train.loop import train_command
 
@@ -44,7 +44,7 @@ def main() -> int:
 
 
 def _fail(status: int, message: str) -> int:
-    print(f"{WHERE}: error: {message}", file=sys.stderr, flush=True)
+    print_error(WHERE, message)
     return status
 
 

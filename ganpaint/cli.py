@@ -2,7 +2,8 @@
 
 Each subcommand imports its module lazily (torch alone costs seconds) and receives plain keyword
 arguments. A `UserError` (or a file-system `OSError`) anywhere below is printed as one line and
-exits with status 2.
+exits with status 2; train.py prints the same way (`errors.error_line`: one line of at most
+400 characters).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import sys
 
 from ganpaint import __version__
-from ganpaint.errors import UserError, describe_os_error
+from ganpaint.errors import UserError, describe_os_error, print_error
 
 DESCRIPTION = """Train GAN image-inpainting models (GLCIC, Context Encoders, a WGAN U-Net) and DCGAN
 faces on WebDataset shards with one Accelerate loop; evaluate them beside classical fills and
@@ -150,6 +151,15 @@ def _serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to your network")
     p.add_argument("--port", type=int, default=7860, help="0 picks a free port")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--allowed-hosts",
+        dest="allowed",
+        help="host names requests may carry, comma-separated, * for any (default: the loopback "
+        "names and --host; any name with --host 0.0.0.0)",
+    )
+    p.add_argument(
+        "--queue", type=int, default=4, help="fills that may wait; more are refused at once"
+    )
     _max_megapixels(p)
     p.set_defaults(handler="ganpaint.serve.command:serve_command")
 
@@ -253,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(importlib.import_module(module_name), function_name)
         return int(handler(**args) or 0)
     except UserError as error:
-        print(f"ganpaint: error: {error}", file=sys.stderr)
+        print_error("ganpaint", str(error))
         return 2
     except OSError as error:
-        print(f"ganpaint: error: {describe_os_error(error)}", file=sys.stderr)
+        print_error("ganpaint", describe_os_error(error))
         return 2
     except KeyboardInterrupt:
         print("ganpaint: interrupted", file=sys.stderr)

@@ -5,12 +5,20 @@ the defaults written here, then the YAML file, then `dotted.key=value` overrides
 line. An unknown key or a value of the wrong type fails at once; `validate()` then applies the
 cross-field rules (hole <= local area <= image, phase lengths, family constraints). Every error is a
 `ConfigError` with one line naming the key, raised before any work is done.
+
+The sections below hold the settings every model family shares. A family adds its own (GLCIC's
+`model.fc_features`, wgan_unet's `schedule.critic_steps`) by registering a small dataclass per
+section with `register_family` when its module in ganpaint/models/ is imported: the schema of a
+config is the shared one with its family's dataclasses mixed in. Models import this module, never
+the reverse; the package has them imported before the first config is read (`find_families_with`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ganpaint.errors import UserError
+from ganpaint.errors import ConfigError  # defined beside UserError; imported from here as well
 from ganpaint.files import write_text_atomically
 
 MASK_KINDS = ("center", "rect", "multi_rect", "brush")
@@ -42,10 +50,9 @@ TRACKER_MODULES = {
 HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic", "biharmonic", "tension")  # completion.HoleFill
 LOCAL_PLACEMENTS = ("centred", "random")
 CROPS = ("random", "centre")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem, described in one line that names the offending key."""
+# The largest global batch accepted: far above any preset (96), and a typo like 1000000000
+# otherwise ends in a terabyte allocation after the whole start-up.
+MAX_BATCH_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,11 @@ class RunConfig:
     sync_batchnorm: bool = False
     deepspeed_config: str = ""  # path to a DeepSpeed JSON; empty = plain DDP
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+    # Rollbacks to the newest checkpoint allowed when weights or optimiser state go inf/NaN (they
+    # are never saved); one more stops the run, the last good checkpoint kept
+    max_rollbacks: int = 2
+    # Seconds the processes of a launch wait for each other to form the group (then one line)
+    rendezvous_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,11 @@ class DataConfig:
     val_split: str = "val"
     val_images: int = 16  # fixed validation batch for image grids and hole PSNR; 0 = none
     val_shards: str = ""  # shard directory of the validation images; empty: `shards`
+    # shards and val_shards may be URLs: https://, http://, s3://, gs:// (docs/remote_shards.md)
+    remote_timeout_s: float = 300.0  # a remote read's longest time without a byte, retries included
+    on_bad_shard: str = "fail"  # a remote shard whose sha256 is not the manifest's: fail | skip
+    cache_dir: str = ""  # local directory keeping verified remote shards for later epochs
+    cache_max_gb: float = 50.0  # the cache's bound: least recently used shards go first
 
 
 @dataclass(frozen=True)
@@ -98,11 +115,6 @@ class ModelConfig:
     family: str = "glcic"  # a registered family: `ganpaint models --list`
     width: int = 64  # generator base channels (papers: 64)
     disc_width: int = 64  # discriminator base channels (papers: 64)
-    fc_features: int = 1024  # GLCIC discriminators' fully connected width
-    latent_dim: int = 100  # dcgan z
-    # caption families: rows of the word embedding; at least the shards' tokenizer vocabulary
-    # (ganpaint's tokenizers hold at most 10,000 words)
-    vocabulary_size: int = 10_000
     # The net's input in the hole: mean (the dataset's mean colour, GLCIC) | zero | pyramid |
     # harmonic | biharmonic | tension (smooth fills from the pixels around the hole)
     hole_fill: str = "mean"
@@ -116,8 +128,6 @@ class ModelConfig:
     residual: bool = (
         False  # the generator adds a correction to its filled input (models/residual.py)
     )
-    # glcic: rates of the completion net's four dilated rows (paper: 2, 4, 8, 16 at 256 px)
-    dilations: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
 
 
 @dataclass(frozen=True)
@@ -137,10 +147,12 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    completion_steps: int = 100  # GLCIC Tc: generator alone on the reconstruction loss
-    discriminator_steps: int = 20  # GLCIC Td: discriminators alone, generator frozen
+    # The lengths of a completion phase (the generator alone on the reconstruction loss; GLCIC's
+    # Tc) and a discriminator phase (the discriminators alone, generator frozen; GLCIC's Td), for
+    # the families whose phases read them (ganpaint/models/family.py, PhasePlan.length)
+    completion_steps: int = 100
+    discriminator_steps: int = 20
     total_steps: int = 300  # GLCIC T: end of the joint phase (all families)
-    critic_steps: int = 1  # wgan_unet: critic updates per generator update
     # the generator alone on the reconstruction loss for the whole run, no discriminator or critic
     # updates (the WGAN U-Net write-up's "L2 only" ablation)
     reconstruction_only: bool = False
@@ -190,19 +202,148 @@ class TrainConfig:
 
 
 # Fields that change the shape of a network's parameters: a checkpoint made with other values
-# cannot be resumed. Everything else (learning rates, logging, batch size) may change on resume.
+# cannot be resumed. So do a family's own model settings (what its builder reads). Everything else
+# (learning rates, logging, batch size) may change on resume.
 MODEL_SHAPING_KEYS = (
     "model.family",
     "model.width",
     "model.disc_width",
-    "model.fc_features",
-    "model.latent_dim",
-    "model.vocabulary_size",
     "model.residual",
-    "model.dilations",
     "data.image_px",
     "masks.local_px",
 )
+# Every config once held these keys, whatever its family; they now belong to the families that
+# use them. Configs saved then (a run's config.yaml, a checkpoint's state.json, an export's
+# metadata) are read with the ones their family lacks dropped.
+LEGACY_KEYS = (
+    "model.fc_features",
+    "model.latent_dim",
+    "model.vocabulary_size",
+    "model.dilations",
+    "schedule.critic_steps",
+)
+SECTION_TYPES = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "masks": MaskConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "loss": LossConfig,
+    "log": LogConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+
+@dataclass(frozen=True)
+class FamilySchema:
+    """What config knows of a registered model family: its sections with its own keys mixed in
+    (the class of config.model for GLCIC is ModelConfig plus GLCICSettings), and its rules."""
+
+    name: str
+    sections: dict[str, type]  # section name -> the shared class with the family's fields added
+    own_keys: tuple[str, ...]  # the family's own keys, dotted: ("model.fc_features", ...)
+    rules: Callable[[TrainConfig], None]  # raises ConfigError; run after the shared rules
+
+    def defaults(self) -> TrainConfig:
+        """Every key of the family's config at its default."""
+        sections = {name: section() for name, section in self.sections.items()}
+        return TrainConfig(**{**sections, "model": self.model_section()(family=self.name)})
+
+    def model_section(self) -> type:
+        return self.sections.get("model", ModelConfig)
+
+    def describe_keys(self) -> str:
+        if not self.own_keys:
+            return "it has no settings of its own"
+        return "its settings are " + ", ".join(self.own_keys)
+
+
+_FAMILIES: dict[str, FamilySchema] = {}
+
+
+def _no_finder() -> None:
+    """Until the package sets its finder (ganpaint/__init__.py), the families registered so far."""
+
+
+_find_families: Callable[[], None] = _no_finder
+
+
+def find_families_with(finder: Callable[[], None]) -> None:
+    """Set what registers the families before a config naming one is read: the package imports
+    ganpaint/models/ (whose family modules call `register_family`) at that moment, so neither this
+    module nor `import ganpaint` imports model code."""
+    global _find_families
+    _find_families = finder
+
+
+def register_family(
+    name: str, settings: Mapping[str, type], rules: Callable[[TrainConfig], None]
+) -> FamilySchema:
+    """Declare a family's own keys and rules (or replace those of the same name): `settings` maps
+    a section ("model", "schedule", ...) to a frozen dataclass of the keys the family adds to it,
+    each with its default; `rules(config)` raises ConfigError for a config it cannot train."""
+    sections, own_keys = {}, []
+    for section, extra in settings.items():
+        base = SECTION_TYPES[section]
+        shared = {entry.name for entry in dataclasses.fields(base)}
+        added = [entry.name for entry in dataclasses.fields(extra)]
+        if shared & set(added):
+            raise ValueError(
+                f"{name}: {section} already has {', '.join(sorted(shared & set(added)))}"
+            )
+        # The shared fields first, then the family's; named like its base so that OmegaConf's
+        # messages read "Key 'x' not in 'ModelConfig'", its repr naming the family.
+        mixed = dataclasses.make_dataclass(
+            base.__name__,
+            [],
+            bases=(extra, base),
+            frozen=True,
+            namespace={"__reduce__": _reduce_to(section, name)},
+        )
+        mixed.__qualname__, mixed.__module__ = f"{base.__name__}[{name}]", __name__
+        sections[section] = mixed
+        own_keys += [f"{section}.{key}" for key in added]
+    schema = FamilySchema(name, sections, tuple(own_keys), rules)
+    _FAMILIES[name] = schema
+    return schema
+
+
+def _reduce_to(section: str, family: str) -> Callable[[Any], tuple]:
+    """How a section with a family's keys pickles: its class is made at registration, so it is
+    found again by family and section, not by name."""
+
+    def reduce(values: Any) -> tuple:
+        fields = {entry.name: getattr(values, entry.name) for entry in dataclasses.fields(values)}
+        return _family_section, (family, section, fields)
+
+    return reduce
+
+
+def _family_section(family: str, section: str, fields: dict[str, Any]) -> Any:
+    return family_schema(family).sections[section](**fields)
+
+
+def unregister_family(name: str) -> None:
+    _FAMILIES.pop(name, None)
+
+
+def family_schema(name: str) -> FamilySchema:
+    """The registered family called `name`; ConfigError naming the known ones otherwise."""
+    _find_families()  # a no-op once ganpaint/models/ is imported
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        known = ", ".join(_FAMILIES)
+        raise ConfigError(
+            f"config key 'model.family': unknown model family {name!r}: known families are {known}"
+        ) from None
+
+
+def model_config(family: str, **values: Any) -> ModelConfig:
+    """A model section for `family`, its own settings at their defaults unless given in `values`
+    (nets for tools and tests: `build_nets(model_config(name, width=8), 64, 32)`)."""
+    return family_schema(family).model_section()(family=family, **values)
 
 
 def _one_line(error: Exception) -> str:
@@ -236,14 +377,17 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def load(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    saved: bool = False,
 ) -> TrainConfig:
     """Defaults <- YAML file (a path or a preset name) <- `dotted.key=value` overrides; validated.
+    `saved`: the file is a run's own config.yaml, written perhaps by an earlier version (its
+    `LEGACY_KEYS` that the family lacks are dropped, not refused).
 
     Raises ConfigError (one line) for a missing file, an unknown key, a wrong type or a failed rule.
     """
-    schema = OmegaConf.structured(TrainConfig)
-    layers = [schema]
+    layers = []
     if path is not None:
         path = resolve(path)
         try:
@@ -261,14 +405,57 @@ def load(
     try:
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as error:
+        raise _config_error(error) from None
+    return _merge(layers, saved_layers=1 if saved and path is not None else 0)
+
+
+def _config_error(error: OmegaConfBaseException) -> ConfigError:
+    key = getattr(error, "full_key", None)
+    return ConfigError((f"config key {key!r}: " if key else "config: ") + _one_line(error))
+
+
+def _merge(layers: list[DictConfig], saved_layers: int = 0) -> TrainConfig:
+    """The defaults of the family the layers name, each layer merged over them in order, checked
+    and validated. The first `saved_layers` layers were saved by ganpaint, maybe by an earlier
+    version: their legacy keys are dropped where the family lacks them."""
+    try:
+        schema = family_schema(_family_name(layers))
+        for index, layer in enumerate(layers):
+            _screen_family_keys(layer, schema, saved=index < saved_layers)
+        merged = OmegaConf.merge(OmegaConf.structured(schema.defaults()), *layers)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
-        prefix = f"config key {key!r}: " if key else "config: "
-        raise ConfigError(prefix + _one_line(error)) from None
+        raise _config_error(error) from None
     validate(config)
     return config
+
+
+def _family_name(layers: list[DictConfig]) -> str:
+    """model.family as the last layer that sets it says (the default otherwise)."""
+    name = ModelConfig.family
+    for layer in layers:
+        model = layer.get("model")
+        if isinstance(model, DictConfig) and model.get("family") is not None:
+            name = str(model.get("family"))
+    return name
+
+
+def _screen_family_keys(layer: DictConfig, schema: FamilySchema, saved: bool) -> None:
+    """A key of another family (or a legacy key) that this family lacks, refused in one line; in
+    a saved layer, a legacy key is dropped instead (every config used to hold them)."""
+    others = {key for other in _FAMILIES.values() for key in other.own_keys}
+    for key in sorted((others | set(LEGACY_KEYS)) - set(schema.own_keys)):
+        section, name = key.split(".", 1)
+        values = layer.get(section)
+        if not isinstance(values, DictConfig) or name not in values:
+            continue
+        if saved and key in LEGACY_KEYS:
+            del values[name]
+            continue
+        raise ConfigError(
+            f"config key {key!r}: {schema.name} has no such setting; {schema.describe_keys()}"
+        )
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -277,9 +464,12 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    finite = math.isfinite(value)  # inf and NaN pass every comparison below but train NaN
+    if not finite or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"config key {key!r}: must be {bound}, got {value}")
+        raise ConfigError(
+            f"config key {key!r}: must be {'' if finite else 'finite and '}{bound}, got {value}"
+        )
 
 
 def validate(config: TrainConfig, world_size: int = 1) -> None:
@@ -316,21 +506,28 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "data.batch_size",
         "model.width",
         "model.disc_width",
-        "model.fc_features",
-        "model.latent_dim",
-        "model.vocabulary_size",
         "optim.grad_accum_steps",
         "schedule.total_steps",
-        "schedule.critic_steps",
         "log.every_steps",
         "log.image_every_steps",
         "checkpoint.every_steps",
         "checkpoint.keep",
         "run.max_bad_steps",
+        "run.rendezvous_timeout_s",
         "masks.max_holes",
         "data.caption_tokens",
+        "optim.generator_lr",
+        "optim.discriminator_lr",
     ):
         _positive(key, _get(config, key))
+    for key in ("optim.beta1", "optim.beta2"):  # Adam's; NaN fails the test too
+        if not 0 <= _get(config, key) < 1:
+            raise ConfigError(f"config key {key!r}: must be in [0, 1), got {_get(config, key)}")
+    if data.batch_size > MAX_BATCH_SIZE:
+        raise ConfigError(
+            f"config key 'data.batch_size': must be at most {MAX_BATCH_SIZE} images per optimiser "
+            f"step (over all processes), got {data.batch_size}"
+        )
     for key in (
         "data.workers",
         "data.val_images",
@@ -342,6 +539,7 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
         "loss.overlap_px",
         "loss.overlap_weight",
         "optim.weight_decay",
+        "run.max_rollbacks",
     ):
         _positive(key, _get(config, key), allow_zero=True)
     if not 0 <= run.seed < 2**32:  # numpy's seeding range
@@ -364,56 +562,12 @@ def validate(config: TrainConfig, world_size: int = 1) -> None:
             "config key 'data.resize_max_px': the centre crop scales the shortest side to one size "
             f"(resize_min_px = resize_max_px), got {data.resize_min_px} and {data.resize_max_px}"
         )
-    _family_rules(config)
+    family_schema(model.family).rules(config)  # the family's rules (ganpaint/models/family.py)
     if data.batch_size % (world_size * optim.grad_accum_steps):
         raise ConfigError(
             f"config key 'data.batch_size': {data.batch_size} is not divisible by "
             f"{world_size} processes x {optim.grad_accum_steps} accumulation steps"
         )
-
-
-def _family_rules(config: TrainConfig) -> None:
-    """The shared inpainting geometry, the phase lengths, then the family's own rules."""
-    from ganpaint.models import registry  # the registry's modules import this one
-
-    masks, image_px = config.masks, config.data.image_px
-    try:
-        family = registry.get(config.model.family)
-    except UserError as error:
-        raise ConfigError(f"config key 'model.family': {error}") from None
-    if config.data.captions != family.captions:
-        need = "is conditioned on captions: set" if family.captions else "takes no captions: unset"
-        raise ConfigError(f"config key 'data.captions': {family.name} {need} data.captions")
-    if config.schedule.reconstruction_only and not family.inpaints:
-        raise ConfigError(
-            f"config key 'schedule.reconstruction_only': {family.name} has no reconstruction loss"
-        )
-    if config.model.residual and not family.inpaints:
-        raise ConfigError(f"config key 'model.residual': {family.name} fills no holes to correct")
-    if not family.dilated and list(config.model.dilations) != list(ModelConfig().dilations):
-        raise ConfigError(
-            f"config key 'model.dilations': {family.name} has no dilated convolutions; leave it at "
-            "its default"
-        )
-    if family.inpaints:
-        if not 1 <= masks.hole_min_px <= masks.hole_max_px <= masks.local_px:
-            raise ConfigError(
-                "config key 'masks.hole_max_px': need 1 <= hole_min_px <= hole_max_px <= local_px, got "
-                f"{masks.hole_min_px}, {masks.hole_max_px}, {masks.local_px}"
-            )
-        if masks.local_px > image_px:
-            raise ConfigError(
-                f"config key 'masks.local_px': local area {masks.local_px} px exceeds the image "
-                f"({image_px} px)"
-            )
-    fixed = [plan.length_key for plan in family.phases if plan.length_key]
-    if sum(_get(config.schedule, key) for key in fixed) > config.schedule.total_steps:
-        lengths = " + ".join(fixed)
-        raise ConfigError(
-            f"config key 'schedule.total_steps': must be >= {lengths} for {family.name}, got "
-            f"{config.schedule.total_steps}"
-        )
-    family.check(config)
 
 
 def micro_batch_size(config: TrainConfig, processes: int) -> int:
@@ -427,12 +581,22 @@ def _get(config: Any, dotted: str) -> Any:
     return config
 
 
+def _without_credentials(config: TrainConfig) -> TrainConfig:
+    """The config with credentials in shard URLs masked (https://user:pass@... -> ***@): what is
+    saved (config.yaml, checkpoints, exports) or logged never holds them."""
+    from ganpaint.data.remote import mask
+
+    data = config.data
+    masked = dataclasses.replace(data, shards=mask(data.shards), val_shards=mask(data.val_shards))
+    return config if masked == data else dataclasses.replace(config, data=masked)
+
+
 def to_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
+    return dataclasses.asdict(_without_credentials(config))
 
 
 def to_yaml(config: TrainConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    return OmegaConf.to_yaml(OmegaConf.structured(_without_credentials(config)))
 
 
 def save(config: TrainConfig, path: str | Path) -> None:
@@ -441,28 +605,33 @@ def save(config: TrainConfig, path: str | Path) -> None:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """Rebuild a config from `to_dict` output (a checkpoint's or an export's copy), through the
-    same schema and rules as a YAML file: ConfigError (one line) for anything else."""
+    """Rebuild a config from `to_dict` output (a checkpoint's or an export's copy, maybe written
+    by an earlier version: see LEGACY_KEYS), through the same schema and rules as a YAML file:
+    ConfigError (one line) for anything else."""
     if not isinstance(values, dict):
         raise ConfigError(f"config: expected a mapping, got {type(values).__name__}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(values))
-        config = OmegaConf.to_object(merged)
+        layer = OmegaConf.create(values)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
-        raise ConfigError(
-            (f"config key {key!r}: " if key else "config: ") + _one_line(error)
-        ) from None
-    validate(config)
-    return config
+        raise _config_error(error) from None
+    return _merge([layer], saved_layers=1)
+
+
+def _shapes_nets(key: str) -> bool:
+    """MODEL_SHAPING_KEYS, and every model key a family adds (its builder reads them)."""
+    section, _, name = key.partition(".")
+    shared = {entry.name for entry in dataclasses.fields(ModelConfig)}
+    return key in MODEL_SHAPING_KEYS or (section == "model" and name not in shared)
 
 
 def shaping_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
-    """Model-shaping keys whose values differ, as 'key: saved -> current' strings."""
+    """Model-shaping keys whose values differ, as 'key: saved -> current' strings (a key only one
+    family has reads None in the other)."""
+    before, after = _leaves(to_dict(saved)), _leaves(to_dict(current))
     return [
-        f"{key}: {_get(saved, key)!r} -> {_get(current, key)!r}"
-        for key in MODEL_SHAPING_KEYS
-        if _get(saved, key) != _get(current, key)
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in dict.fromkeys([*before, *after])
+        if _shapes_nets(key) and before.get(key) != after.get(key)
     ]
 
 
@@ -477,9 +646,14 @@ def _leaves(values: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """Every key whose value differs: {dotted key: (saved, current)}."""
+    """Every key whose value differs: {dotted key: (saved, current)}; a key only one of them has
+    (another family's) reads None in the other."""
     before, after = _leaves(to_dict(saved)), _leaves(to_dict(current))
-    return {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+    return {
+        key: (before.get(key), after.get(key))
+        for key in dict.fromkeys([*before, *after])
+        if before.get(key) != after.get(key)
+    }
 
 
 def fixed_for_a_run(key: str) -> bool:

@@ -10,6 +10,8 @@ file) is refused in one line naming the file.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from ganpaint import config as config_lib
 from ganpaint.completion import HoleFill, complete
 from ganpaint.config import ConfigError, TrainConfig
 from ganpaint.data.captions import encode, tokenizer_from_json
-from ganpaint.errors import UserError
-from ganpaint.files import atomic_path
-from ganpaint.models import Family, build_nets, registry
+from ganpaint.errors import UserError, WeightsNotFinite
+from ganpaint.files import check_space, install_directory, reporting_full_disk
+from ganpaint.models import Family, Nets, build_nets, registry
 from ganpaint.models.layers import cpu_state_dict
 
 GENERATOR_FILE = "generator.safetensors"
@@ -91,22 +93,61 @@ def save_export(
     step: int,
     tokenizer: str | None = None,
 ) -> None:
-    """Write generator.safetensors, discriminator.safetensors and config.yaml (atomically, each).
+    """Write generator.safetensors, discriminator.safetensors and config.yaml as a set: into
+    `directory`.tmp-PID beside it, renamed into place once all three are written (the previous
+    export moved aside first and deleted after), so a reader finds the old export or the new
+    one, whole. Refused before anything is written when a tensor holds inf or NaN
+    (WeightsNotFinite) or the files cannot fit on the disk (OutOfSpace); a write that fails
+    anyway removes the staging directory.
 
     `tokenizer`: a caption model's tokenizer JSON, kept in the metadata."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory}: exists and is not a directory (the export goes there)")
+    states = {
+        GENERATOR_FILE: cpu_state_dict(generator),
+        DISCRIMINATOR_FILE: cpu_state_dict(discriminator),
+    }
+    for name, state in states.items():
+        _refuse_non_finite(state, directory / name)
+    tensors = [tensor for state in states.values() for tensor in state.values()]
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a killed process
+        shutil.rmtree(stale, ignore_errors=True)
+    check_space(directory.parent, needed + EXPORT_SLACK_BYTES)
     meta = {"config": config_lib.to_dict(config), "mean_rgb": list(mean_rgb), "step": step}
     if tokenizer is not None:
         meta["tokenizer"] = tokenizer
-    for name, module in ((GENERATOR_FILE, generator), (DISCRIMINATOR_FILE, discriminator)):
-        with atomic_path(directory / name) as partial:
-            save_file(
-                cpu_state_dict(module),
-                str(partial),
-                metadata={"ganpaint": json.dumps({**meta, "net": name.split(".")[0]})},
-            )
-    config_lib.save(config, directory / "config.yaml")
+    staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    try:
+        with reporting_full_disk(staging):
+            staging.mkdir()
+            for name, state in states.items():
+                metadata = {"ganpaint": json.dumps({**meta, "net": name.split(".")[0]})}
+                save_file(state, str(staging / name), metadata=metadata)
+            config_lib.save(config, staging / "config.yaml")
+        install_directory(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# The metadata (the config, a caption model's tokenizer) and config.yaml, beyond the tensors.
+EXPORT_SLACK_BYTES = 1 << 20
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], file: Path) -> None:
+    """WeightsNotFinite naming the file and the first tensor holding inf or NaN (the tensors are
+    on the CPU already: no device sync)."""
+    broken = [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        raise WeightsNotFinite(
+            f"{file}: refused: {len(broken)} tensors hold inf or NaN (first: {broken[0][:60]})"
+        )
 
 
 def _resolve(path: str | Path) -> Path:
@@ -120,8 +161,32 @@ def _resolve(path: str | Path) -> Path:
     )
 
 
+# Error lines quote metadata (a family name, a key, a value): a hand-edited export may hold
+# megabytes there, and a one-line error must stay one readable line.
+MAX_ERROR_CHARS = 300
+# Far above any ganpaint net (the GLCIC paper's discriminators hold 45 M): metadata describing a
+# larger net is damaged or hostile, and building it would allocate until the machine runs out.
+MAX_PARAMETERS = 2_000_000_000
+# Sizes inference allocates or loops over that no parameter count reveals: the side a centre net's
+# window is resized to, the input fill's solver iterations (its defaults stop at 600) and the
+# caption length. Each limit is well above what any preset uses.
+INFERENCE_LIMITS = {
+    "data.image_px": 4096,
+    "model.fill_iterations": 10_000,
+    "data.caption_tokens": 1024,
+}
+
+
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _refusal(file: Path, message: str) -> UserError:
+    """UserError "FILE: message" as one line of at most MAX_ERROR_CHARS characters."""
+    line = " ".join(f"{file}: {message}".split())
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 3] + "..."
+    return UserError(line)
 
 
 def _read(file: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -131,29 +196,55 @@ def _read(file: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             text = (handle.metadata() or {}).get("ganpaint")
         state = load_file(str(file))
     except Exception as error:
-        raise UserError(f"{file}: unreadable safetensors file ({_first_line(error)})") from None
+        raise _refusal(file, f"unreadable safetensors file ({_first_line(error)})") from None
     if text is None:
-        raise UserError(f"{file}: not a ganpaint export (no 'ganpaint' metadata)")
+        raise _refusal(file, "not a ganpaint export (no 'ganpaint' metadata)")
     try:
         meta = json.loads(text)
     except json.JSONDecodeError:
         meta = None
     if not isinstance(meta, dict):
-        raise UserError(f"{file}: its 'ganpaint' metadata is not a JSON object")
+        raise _refusal(file, "its 'ganpaint' metadata is not a JSON object")
     return meta, state
+
+
+def _check_finite(state: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse weights holding NaN or infinity: the net would paint them into every hole."""
+    broken = [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        raise _refusal(
+            file,
+            f"{len(broken)} of {len(state)} tensors hold NaN or infinite values (first: "
+            f"{broken[0][:60]}): export a checkpoint from before the training diverged",
+        )
 
 
 def _metadata_config(meta: dict, file: Path) -> TrainConfig:
     if not isinstance(meta.get("config"), dict):
-        raise UserError(f"{file}: no training config in its metadata")
+        raise _refusal(file, "no training config in its metadata")
     try:
         config = config_lib.from_dict(meta["config"])
         config_lib.validate(config)
     except ConfigError as error:
-        raise UserError(f"{file}: metadata {error}") from None
+        raise _refusal(file, f"metadata {error}") from None
     except (OmegaConfBaseException, ValueError, TypeError) as error:  # unknown key, wrong type
-        raise UserError(f"{file}: metadata config: {_first_line(error)}") from None
+        raise _refusal(file, f"metadata config: {_first_line(error)}") from None
     return config
+
+
+def _metadata_sizes(config: TrainConfig, file: Path) -> None:
+    """Refuse sizes above INFERENCE_LIMITS before anything is built or allocated."""
+    for key, limit in INFERENCE_LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name, None)
+        if isinstance(value, int) and value > limit:
+            raise _refusal(
+                file, f"metadata {key}={value} is above {limit:,}: no ganpaint model uses that"
+            )
 
 
 def _metadata_mean(meta: dict, file: Path) -> tuple[float, float, float]:
@@ -164,8 +255,8 @@ def _metadata_mean(meta: dict, file: Path) -> tuple[float, float, float]:
         and all(isinstance(value, (int, float)) and 0 <= value <= 1 for value in mean_rgb)
     )
     if not valid:
-        raise UserError(
-            f"{file}: metadata 'mean_rgb' (the hole fill colour) must be three numbers in [0, 1]"
+        raise _refusal(
+            file, "metadata 'mean_rgb' (the hole fill colour) must be three numbers in [0, 1]"
         )
     return tuple(float(value) for value in mean_rgb)
 
@@ -175,46 +266,98 @@ def _metadata_choice(
 ) -> str:
     value = meta.get(key, default)
     if value not in allowed:
-        raise UserError(f"{file}: metadata {key!r} must be one of {', '.join(allowed)}")
+        raise _refusal(file, f"metadata {key!r} must be one of {', '.join(allowed)}")
     return value
 
 
+def _described_nets(config: TrainConfig, file: Path) -> Nets:
+    """The nets the metadata describes, built on the meta device: shapes, no storage. UserError
+    when they cannot be built or one is larger than MAX_PARAMETERS."""
+    family = config.model.family
+    try:
+        with torch.device("meta"):
+            nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
+    except Exception as error:  # a size that overflows, or a rule of a net's constructor
+        raise _refusal(
+            file, f"metadata describes a {family} net that cannot be built ({_first_line(error)})"
+        ) from None
+    for role, module in (("generator", nets.generator), ("discriminator", nets.discriminator)):
+        count = sum(tensor.numel() for tensor in module.state_dict().values())
+        if count > MAX_PARAMETERS:
+            raise _refusal(
+                file,
+                f"metadata describes a {family} {role} of {count:,} parameters, above the "
+                f"{MAX_PARAMETERS:,} any export may hold (model.width={config.model.width})",
+            )
+    return nets
+
+
+def _weights_mismatch(expected: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> str:
+    """How the stored tensors differ from the described net's ('' when they fit exactly)."""
+    described = sum(tensor.numel() for tensor in expected.values())
+    held = sum(tensor.numel() for tensor in stored.values())
+    if described != held:
+        return f"the net has {described:,} numbers, the file {held:,}"
+    missing = [name for name in expected if name not in stored]
+    extra = [name for name in stored if name not in expected]
+    if missing or extra:
+        first = (missing or extra)[0][:80]
+        return f"{len(missing)} tensors missing, {len(extra)} unexpected (first: {first})"
+    for name, tensor in expected.items():
+        found = stored[name]
+        if found.shape != tensor.shape or found.dtype != tensor.dtype:
+            return (
+                f"{name[:80]}: {found.dtype} {list(found.shape)} in the file, "
+                f"{tensor.dtype} {list(tensor.shape)} in the net"
+            )
+    return ""
+
+
+def _generator_from(config: TrainConfig, state: dict[str, torch.Tensor], file: Path) -> nn.Module:
+    """The described generator holding the file's tensors. Only what the file holds is allocated:
+    the nets are built on the meta device, checked against the file, then given its tensors."""
+    generator = _described_nets(config, file).generator
+    mismatch = _weights_mismatch(generator.state_dict(), state)
+    if mismatch:
+        raise _refusal(
+            file,
+            f"the weights do not fit the {config.model.family} net its metadata describes "
+            f"(model.width={config.model.width}): {mismatch}",
+        )
+    generator.load_state_dict(state, assign=True)  # the file's tensors become the parameters
+    return generator
+
+
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Exported:
-    """Rebuild the generator from a run dir, its export/ dir, or a generator .safetensors file."""
+    """Rebuild the generator from a run dir, its export/ dir, or a generator .safetensors file.
+
+    Refused in one line naming the file: non-finite weights, metadata out of range or not
+    describing the weights (checked on the meta device, before anything is allocated)."""
     file = _resolve(path)
     meta, state = _read(file)
+    _check_finite(state, file)
     net = _metadata_choice(meta, "net", "generator", ("generator", "discriminator"), file)
     if net != "generator":
-        raise UserError(
-            f"{file}: this is a discriminator; inference needs the generator ({GENERATOR_FILE})"
+        raise _refusal(
+            file, f"this is a discriminator; inference needs the generator ({GENERATOR_FILE})"
         )
     config = _metadata_config(meta, file)
+    _metadata_sizes(config, file)
     mean_rgb = _metadata_mean(meta, file)
     step = meta.get("step")
     if not isinstance(step, int) or step < 0:
-        raise UserError(f"{file}: metadata 'step' must be a whole number >= 0")
-    nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
-    try:
-        nets.generator.load_state_dict(state)
-    except RuntimeError as error:
-        # torch lists every mismatch over many lines; the first names the problem
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else _first_line(error)
-        raise UserError(
-            f"{file}: the weights do not fit the {config.model.family} net its metadata "
-            f"describes (model.width={config.model.width}): {detail[:200]}"
-        ) from None
-    generator = nets.generator.to(device).eval()
+        raise _refusal(file, "metadata 'step' must be a whole number >= 0")
+    generator = _generator_from(config, state, file).to(device).eval()
     tokenizer = _metadata_tokenizer(meta, file) if "tokenizer" in meta else None
     return Exported(generator, config, mean_rgb, step, tokenizer)
 
 
 def _metadata_tokenizer(meta: dict, file: Path) -> object:
     if not isinstance(meta["tokenizer"], str):
-        raise UserError(f"{file}: metadata 'tokenizer' must be the tokenizer's JSON text")
+        raise _refusal(file, "metadata 'tokenizer' must be the tokenizer's JSON text")
     try:
         return tokenizer_from_json(meta["tokenizer"])
     except Exception as error:  # tokenizers raises its own exception type for bad JSON
-        raise UserError(
-            f"{file}: metadata 'tokenizer' is not a tokenizer ({_first_line(error)})"
+        raise _refusal(
+            file, f"metadata 'tokenizer' is not a tokenizer ({_first_line(error)})"
         ) from None

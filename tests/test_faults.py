@@ -149,10 +149,11 @@ def test_a_pipe_manifest_never_runs_in_eval_or_train(synthetic_shards, make_conf
 
 def train_short_run(run_dir: Path, synthetic_shards: Path) -> tuple[Path, dict]:
     """A 4-step GLCIC run with checkpoints at steps 2, 3 and 4; its overrides."""
-    from conftest import TINY_DEFAULTS
+    from conftest import TINY_DEFAULTS, TINY_FAMILY_SETTINGS
 
     overrides = {
         **TINY_DEFAULTS,
+        **TINY_FAMILY_SETTINGS["glcic"],
         **SHORT_RUN,
         "data.shards": str(synthetic_shards),
         "run.dir": str(run_dir),

@@ -28,7 +28,13 @@ from ganpaint import losses
 from ganpaint.config import RunConfig, TrainConfig
 from ganpaint.models import Nets
 from ganpaint.models.layers import cpu_state_dict, plain_module
-from ganpaint.train.guard import Health, guarded_step, place_for_device_steps
+from ganpaint.train import rendezvous
+from ganpaint.train.guard import (
+    Health,
+    guarded_step,
+    optimizer_state_tensors,
+    place_for_device_steps,
+)
 from ganpaint.train.integrity import CheckpointDamaged, describe
 
 Losses = dict[str, torch.Tensor]
@@ -121,6 +127,20 @@ class Backend(abc.ABC):
     def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
         """Both nets with fp32 weights for the inference export (collective)."""
 
+    @abc.abstractmethod
+    def held_tensors(self, state: TrainState) -> dict[str, list[torch.Tensor]]:
+        """Every tensor of the nets and optimisers that this rank holds, in the same groups on
+        every rank ("generator weights", "generator optimiser state", ...): what a checkpoint
+        saves, checked for inf and NaN before it is."""
+
+    @abc.abstractmethod
+    def checkpoint_bytes(self, state: TrainState) -> int:
+        """About how many bytes this rank writes into a checkpoint (from the tensor sizes)."""
+
+
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
 
 @contextmanager
 def _naming(file_name: str) -> Iterator[None]:
@@ -144,7 +164,10 @@ class DDPBackend(Backend):
         return Accelerator(
             cpu=use_cpu,
             mixed_precision=accelerate_precision(run),
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=True)],
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(broadcast_buffers=True),
+                rendezvous.process_group_kwargs(run),
+            ],
             log_with=trackers or None,
             project_dir=run.dir,
         )
@@ -215,3 +238,17 @@ class DDPBackend(Backend):
 
     def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
         return Nets(plain_module(state.generator), plain_module(state.discriminator))
+
+    def held_tensors(self, state: TrainState) -> dict[str, list[torch.Tensor]]:
+        groups = {}
+        for name, model in state.nets().items():
+            # state_dict, not parameters: BatchNorm's running statistics can overflow too.
+            groups[f"{name} weights"] = list(plain_module(model).state_dict().values())
+            optimizer = state.optimizers()[name]
+            groups[f"{name} optimiser state"] = optimizer_state_tensors(optimizer)
+        return groups
+
+    def checkpoint_bytes(self, state: TrainState) -> int:
+        if not self.accelerator.is_main_process:
+            return 0  # rank 0 writes the whole checkpoint
+        return sum(tensor_bytes(tensors) for tensors in self.held_tensors(state).values())

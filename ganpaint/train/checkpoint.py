@@ -11,7 +11,10 @@ resume must match ("backend": name, processes, ...).
 
 Saving writes step-N.tmp and renames it to step-N (an existing step-N is moved aside first and
 deleted after), so a crash mid-save never touches a complete checkpoint; leftovers are removed by
-the next save. Resuming (every rank; rank 0 decides, the others load what it chose):
+the next save. Before writing, a save checks that every weight and optimiser state tensor is
+finite (a non-finite run is rolled back instead, ganpaint/train/rollback.py) and that the
+checkpoint fits in the free space; a write that fails for lack of space anyway removes its
+step-N.tmp and ends the run in one line naming the path and the space left. Resuming (every rank; rank 0 decides, the others load what it chose):
 - the newest checkpoint whose record matches is loaded. One without a record, written by ganpaint
   before records existed, is accepted if it loads (on every rank).
 - a checkpoint whose record is missing or does not match, or one without a record that fails to
@@ -38,10 +41,12 @@ from pathlib import Path
 
 from ganpaint import config as config_lib
 from ganpaint.config import ConfigError, TrainConfig
-from ganpaint.errors import UserError
+from ganpaint.errors import OutOfSpace, UserError, WeightsNotFinite
+from ganpaint.files import free_bytes, install_directory, no_space, reporting_full_disk
 from ganpaint.train import integrity
 from ganpaint.train.backend import TrainState
 from ganpaint.train.distributed import main_process_value, sum_over_ranks
+from ganpaint.train.guard import finite_flags
 from ganpaint.train.integrity import CheckpointDamaged, describe
 
 PREFIX = "step-"
@@ -88,43 +93,95 @@ def save(
     extra: dict | None = None,
 ) -> Path:
     """Write checkpoint `step`, replacing one of that step (call on every rank: the backend
-    decides who writes what)."""
+    decides who writes what).
+
+    Refused on every rank, before anything is written, when any weight or optimiser state is
+    inf or NaN (WeightsNotFinite) or when the checkpoint cannot fit on the disk (OutOfSpace). A
+    write that fails anyway (a disk filled meanwhile) removes step-N.tmp; the newest complete
+    checkpoint is never touched."""
     accelerator = state.accelerator
     root = checkpoint_root(run_dir)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f"{final.name}.tmp"
+    check_finite(state, f"at step {step}")
+    _check_space(state, run_dir, final)
     corrupt_samples = sum_over_ranks(accelerator, state.health.corrupt_samples)
     accelerator.wait_for_everyone()
+    try:
+        with reporting_full_disk(tmp):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()  # the directory exists before any rank writes into it
+            facts = state.backend.save(state, tmp)
+            skipped = state.health.read().skipped
+            if accelerator.is_main_process:
+                record = {
+                    "step": step,
+                    "config": config_lib.to_dict(config),
+                    "health": {"skipped": skipped, "corrupt_samples": corrupt_samples},
+                    "backend": {"name": state.backend.name, "label": state.backend.label, **facts},
+                    **(extra or {}),
+                }
+                (tmp / "state.json").write_text(json.dumps(record, indent=1))
+                integrity.write_record(tmp)  # last: from here on the checkpoint is complete
+    except OutOfSpace as error:
+        _remove_partial(accelerator.is_main_process, tmp)
+        raise OutOfSpace(f"{error}; {_kept(run_dir)}") from None
+    except BaseException:
+        _remove_partial(accelerator.is_main_process, tmp)
+        raise
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()  # the directory exists before any rank writes into it
-    facts = state.backend.save(state, tmp)
-    skipped = state.health.read().skipped
-    if accelerator.is_main_process:
-        record = {
-            "step": step,
-            "config": config_lib.to_dict(config),
-            "health": {"skipped": skipped, "corrupt_samples": corrupt_samples},
-            "backend": {"name": state.backend.name, "label": state.backend.label, **facts},
-            **(extra or {}),
-        }
-        (tmp / "state.json").write_text(json.dumps(record, indent=1))
-        integrity.write_record(tmp)  # last: from here on the checkpoint is complete
-        _install(tmp, final)
+        install_directory(tmp, final)
         _prune(run_dir, keep)
     accelerator.wait_for_everyone()
     return final
 
 
-def _install(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`; an existing `final` is moved aside first and deleted after."""
-    replaced = final.with_name(f"{final.name}.replaced")
-    shutil.rmtree(replaced, ignore_errors=True)
-    if final.exists():
-        final.rename(replaced)
-    tmp.rename(final)
-    shutil.rmtree(replaced, ignore_errors=True)
+def _remove_partial(is_main: bool, tmp: Path) -> None:
+    if is_main:  # rank 0 made it; under DeepSpeed the others are past their writes or failed
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kept(run_dir: str | Path) -> str:
+    newest = latest(run_dir)
+    return f"the newest checkpoint {newest.name} is kept" if newest else "no checkpoint saved yet"
+
+
+def check_finite(state: TrainState, when: str) -> None:
+    """WeightsNotFinite on every rank if any rank's weights or optimiser state hold inf or NaN.
+
+    One fused check of every tensor on each rank, one collective and one host read: a save's
+    cost, never a step's. All ranks take the same decision (under DeepSpeed each rank checks its
+    own partitions)."""
+    accelerator = state.accelerator
+    groups = state.backend.held_tensors(state)
+    bad = 1 - finite_flags(groups, accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    named = [name for name, count in zip(groups, bad.tolist(), strict=True) if count > 0]
+    if named:
+        raise WeightsNotFinite(f"the {' and the '.join(named)} hold inf or NaN {when}")
+
+
+# state.json, complete.json and the file formats' headers, beyond the tensors' own bytes.
+CHECKPOINT_SLACK_BYTES = 1 << 20
+
+
+def _check_space(state: TrainState, run_dir: str | Path, final: Path) -> None:
+    """OutOfSpace on every rank when the checkpoint's tensors cannot fit in the free space of
+    the checkpoint directory's file system (rank 0 decides from every rank's share)."""
+    accelerator = state.accelerator
+    needed = sum_over_ranks(accelerator, state.backend.checkpoint_bytes(state))
+    needed += CHECKPOINT_SLACK_BYTES
+    short = 0
+    if accelerator.is_main_process:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        short = int(free_bytes(final.parent) < needed)
+    if main_process_value(accelerator, short):
+        if accelerator.is_main_process:
+            raise OutOfSpace(f"{no_space(final, needed)}; {_kept(run_dir)}")
+        raise OutOfSpace(f"{final}: no space left on device (rank 0 says how much)")
 
 
 def _prune(run_dir: str | Path, keep: int) -> None:

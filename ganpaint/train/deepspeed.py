@@ -37,7 +37,7 @@ from pathlib import Path
 import deepspeed as deepspeed_package
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+from accelerate.utils import DeepSpeedPlugin
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -50,14 +50,16 @@ from ganpaint import losses
 from ganpaint.config import ConfigError, RunConfig, TrainConfig, micro_batch_size
 from ganpaint.errors import UserError
 from ganpaint.models import Nets, build_nets
+from ganpaint.train import rendezvous
 from ganpaint.train.backend import (
     Backend,
     Losses,
     TrainState,
     accelerate_precision,
     plain_module,
+    tensor_bytes,
 )
-from ganpaint.train.guard import NET_NAMES
+from ganpaint.train.guard import NET_NAMES, optimizer_state_tensors
 from ganpaint.train.integrity import CheckpointDamaged
 
 # Verified with 0.19.8; the non-finite guard relies on bf16.check_grad_overflow (recent versions).
@@ -171,12 +173,13 @@ def make_accelerator(run: RunConfig, use_cpu: bool, trackers: list[str] = ()) ->
             f"DeepSpeed ({_origin(run)}) needs a launcher: start the run with "
             "`accelerate launch` or torchrun, not `ganpaint train`"
         )
-    handlers = []
+    group_backend = None
     if use_cpu:
         # The shared-memory all-reduce op is a 35 s JIT build on first use and only speeds up
         # CPU collectives; gloo does the same work. (Accelerator(cpu=True) would drop DeepSpeed.)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        group_backend = "gloo"
+    handlers = [rendezvous.process_group_kwargs(run, group_backend)]
     plugins = {name: make_plugin(run) for name in NET_NAMES}
     return Accelerator(
         mixed_precision=accelerate_precision(run),
@@ -368,3 +371,31 @@ class DeepSpeedBackend(Backend):
         nets.generator.load_state_dict(full_precision_state(state.generator))
         nets.discriminator.load_state_dict(full_precision_state(state.discriminator))
         return nets
+
+    def held_tensors(self, state: TrainState) -> dict[str, list[torch.Tensor]]:
+        """The module's (bf16) weights and this rank's ZeRO partitions: its fp32 masters and their
+        optimiser state."""
+        groups = {}
+        for name, engine in state.nets().items():
+            masters, optimizer_state = _partitions(engine)
+            groups[f"{name} weights"] = [*plain_module(engine).state_dict().values(), *masters]
+            groups[f"{name} optimiser state"] = optimizer_state
+        return groups
+
+    def checkpoint_bytes(self, state: TrainState) -> int:
+        """Every rank writes its partitions; rank 0 also the modules' weights."""
+        total = 0
+        for engine in state.nets().values():
+            masters, optimizer_state = _partitions(engine)
+            total += tensor_bytes(masters) + tensor_bytes(optimizer_state)
+            if self.accelerator.is_main_process:
+                total += tensor_bytes(list(plain_module(engine).state_dict().values()))
+        return total
+
+
+def _partitions(engine: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's fp32 master partitions and their optimiser state: ZeRO-1/2's optimiser (and
+    the bf16 ZeRO-1 one) steps a torch optimiser whose parameters are these partitions."""
+    inner = engine.optimizer.optimizer
+    masters = [parameter for group in inner.param_groups for parameter in group["params"]]
+    return masters, optimizer_state_tensors(inner)

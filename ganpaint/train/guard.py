@@ -1,11 +1,17 @@
 """The non-finite guard decided on the device: an optimiser step that is a no-op where a flag says
-so, and the run's health counters.
+so, the run's health counters, and the finite check of weights and optimiser state before a save.
 
 Nothing here reads a tensor on the host, so a training step never waits for the GPU and the CPU
 can queue the next step's copies and kernels behind it. As with GradScaler's found_inf, the
 decision travels as a tensor: the optimiser always steps, and where the update is rejected its
 parameters and state are put back bit for bit. The counters are read only where the loop
 synchronises anyway (log ticks and checkpoints).
+
+The loss check cannot see everything: a finite loss whose gradients overflow, or a learning rate
+large enough to overflow the update, leaves inf or NaN in the weights. So every checkpoint and
+export first checks all weights and optimiser state (`finite_flags`: one fused check per save,
+never per step), and a run whose state went non-finite rolls back instead of saving it
+(ganpaint/train/rollback.py).
 """
 
 from __future__ import annotations
@@ -76,6 +82,35 @@ def guarded_step(optimizer: torch.optim.Optimizer, keep: torch.Tensor) -> None:
     _select_(list(after.values()), [saved.get(key) for key in after], keep)
 
 
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors of an optimiser's state (Adam's moments, Adadelta's averages, step counts)."""
+    return [
+        value
+        for per_parameter in optimizer.state.values()
+        for value in per_parameter.values()
+        if torch.is_tensor(value)
+    ]
+
+
+def finite_flags(groups: dict[str, list[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Per group, 1.0 if every floating tensor in it is finite, else 0.0: a float tensor on
+    `device`, not read here. The largest magnitude of each tensor (an inf-norm: inf or NaN exactly
+    where the tensor holds one, never an overflow of finite values) comes from multi-tensor
+    kernels, so the check is a few launches for all the weights, and the caller's one read of the
+    flags is its only host sync."""
+    flags = []
+    for tensors in groups.values():
+        floating = [tensor.detach() for tensor in tensors if tensor.is_floating_point()]
+        floating = [tensor for tensor in floating if tensor.numel()]
+        if not floating:
+            flags.append(torch.ones((), device=device))
+            continue
+        maxima = torch._foreach_norm(floating, float("inf"))
+        stacked = torch.stack([value.to(device, torch.float32) for value in maxima])
+        flags.append(torch.isfinite(stacked).all().float())
+    return torch.stack(flags)
+
+
 def place_for_device_steps(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """On CUDA, optimisers run `capturable`: their step counts live on the GPU, so undoing a step
     and the bias corrections need no host value. Also after loading state saved elsewhere."""
@@ -110,6 +145,10 @@ class Health:
         # Rank 0 also holds the run's total restored from a checkpoint, so a sum over ranks is
         # the run's total.
         self.corrupt_samples = 0
+
+    def restart(self) -> None:
+        """Forget the device counters (after a rollback: the checkpoint's counts stand again)."""
+        self.counters = None
 
     def record(self, applied: torch.Tensor, net: str) -> None:
         """Count one update: `applied` is the bool tensor the backend returned for `net`."""

@@ -4,13 +4,20 @@ Losses are summed on the device between ticks and read back once per `log.every_
 logging adds no host sync to ordinary steps. The console gets a rich progress bar on a terminal
 (the tick's losses printed above it) and plain periodic lines otherwise (SLURM logs); both give
 the elapsed time and an ETA. A resumed run rewinds stats.jsonl and TensorBoard to its step, so
-the curves hold no duplicate steps.
+the curves hold no duplicate steps (and so does a run rolled back to a checkpoint).
+
+A write that fails for lack of space (stats.jsonl, TensorBoard's event file) ends the run in one
+line naming the path and the space left. TensorBoard writes from a thread of its own, which would
+print its failure as a traceback and leave the loop to trip over it later without a path: its
+thread's exception is kept quiet, the writer is flushed at every tick, and its failure surfaces
+there as that one line.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +34,7 @@ from rich.progress import (
 )
 
 from ganpaint.config import LogConfig
-from ganpaint.files import write_text_atomically
+from ganpaint.files import reporting_full_disk, write_text_atomically
 
 
 class RunLogger:
@@ -59,14 +66,13 @@ class RunLogger:
         self.progress: Progress | None = None
         if not is_main:
             return
+        self.tb_dir, self.stats_path = run_dir / "tb", run_dir / "stats.jsonl"
         if "tensorboard" in log.trackers:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+            self.writer = _tensorboard_writer(self.tb_dir, start_step)
         if trackers is not None:
             trackers.init_trackers(run_dir.name, config=_flat(config_values or {}))
-        _rewind_stats(run_dir / "stats.jsonl", start_step)
-        self.stats = (run_dir / "stats.jsonl").open("a")
+        _rewind_stats(self.stats_path, start_step)
+        self.stats = self.stats_path.open("a")
         mode = log.progress
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
@@ -116,10 +122,12 @@ class RunLogger:
 
     def _write(self, step: int, phase_name: str, row: dict, means: dict) -> None:
         self.scalars(step, row)
-        self.stats.write(
-            json.dumps({"step": step, "phase": phase_name, "time": time.time(), **row}) + "\n"
-        )
-        self.stats.flush()
+        self.flush()  # a tick is where a failed TensorBoard write surfaces, as one line
+        with reporting_full_disk(self.stats_path):
+            self.stats.write(
+                json.dumps({"step": step, "phase": phase_name, "time": time.time(), **row}) + "\n"
+            )
+            self.stats.flush()
         losses = " ".join(f"{key} {value:.4g}" for key, value in means.items())
         rate = f"{row['perf/img_per_s']:.1f} img/s"
         if self.progress is not None:
@@ -144,15 +152,39 @@ class RunLogger:
         if not self.is_main:
             return
         if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+            with reporting_full_disk(self.tb_dir):
+                for key, value in values.items():
+                    self.writer.add_scalar(key, value, step)
         if self.trackers is not None:
             self.trackers.log(values, step=step)
 
     def image_grid(self, step: int, tag: str, grid: torch.Tensor) -> None:
         """grid: [3,H,W] float in [0,1] (TensorBoard; the grids are also in RUN/samples/)."""
         if self.is_main and self.writer is not None:
-            self.writer.add_image(tag, grid.clamp(0, 1), step)
+            with reporting_full_disk(self.tb_dir):
+                self.writer.add_image(tag, grid.clamp(0, 1), step)
+
+    def flush(self) -> None:
+        """Write what TensorBoard holds (OutOfSpace, one line, if its disk is full)."""
+        if self.is_main and self.writer is not None:
+            with reporting_full_disk(self.tb_dir):
+                self.writer.flush()
+
+    def rewind(self, step: int) -> None:
+        """Back to `step` after a rollback: the sums since the last tick are dropped, and so are
+        the rows of stats.jsonl and TensorBoard's events past it (they are trained again)."""
+        self.sums, self.ticks, self.images_seen = {}, 0, 0
+        self.tick_started = time.perf_counter()
+        if not self.is_main:
+            return
+        self.stats.close()
+        _rewind_stats(self.stats_path, step)
+        self.stats = self.stats_path.open("a")
+        if self.writer is not None:
+            _close_quietly(self.writer)
+            self.writer = _tensorboard_writer(self.tb_dir, step)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
 
     def message(self, text: str) -> None:
         if self.is_main:
@@ -162,12 +194,49 @@ class RunLogger:
         if self.progress is not None:
             self.progress.stop()
         if self.writer is not None:
-            self.writer.close()
+            # Its failures surfaced at the ticks and in `flush`; closing after an error must not
+            # replace that error with another.
+            _close_quietly(self.writer)
         if self.is_main:
             self.stats.close()
         if self.trackers is not None and self.is_main:
             for tracker in self.trackers.trackers:  # not end_training: the group stays up
                 tracker.finish()
+
+
+def _tensorboard_writer(tb_dir: Path, start_step: int):
+    """A SummaryWriter into `tb_dir` whose events past `start_step` are purged (a resume or a
+    rollback trains them again), its writer thread's failures kept for the loop to report."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    from torch.utils.tensorboard import SummaryWriter
+
+    _quiet_threads_of(_AsyncWriterThread)
+    with reporting_full_disk(tb_dir):
+        return SummaryWriter(str(tb_dir), purge_step=start_step or None)
+
+
+_QUIET_THREAD_TYPES: set[type] = set()
+
+
+def _quiet_threads_of(thread_type: type) -> None:
+    """Threads of `thread_type` die without printing a traceback: their writer keeps the
+    exception and raises it in the loop's thread at the next write or flush."""
+    if not _QUIET_THREAD_TYPES:
+        previous = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            if not isinstance(args.thread, tuple(_QUIET_THREAD_TYPES)):
+                previous(args)
+
+        threading.excepthook = hook
+    _QUIET_THREAD_TYPES.add(thread_type)
+
+
+def _close_quietly(writer) -> None:
+    try:
+        writer.close()
+    except Exception:  # noqa: BLE001 (a full disk was reported where it was met)
+        pass
 
 
 def _clock(seconds: float) -> str:

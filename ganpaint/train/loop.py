@@ -5,6 +5,10 @@ processes) or `ganpaint train ...` (one). Running the same command again resumes
 directory's newest checkpoint. SIGTERM, SIGUSR1 (SLURM's warning before the time limit) or Ctrl-C
 lets the loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
 save a checkpoint there and return normally, so a requeued job carries on.
+
+One trainer holds the run directory at a time (ganpaint/train/lock.py). Weights or optimiser state
+gone inf/NaN are never saved: the save that finds them rolls the run back to its newest checkpoint
+instead (ganpaint/train/rollback.py), a bounded number of times.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from ganpaint import config as config_lib
 from ganpaint.config import TrainConfig
 from ganpaint.data.captions import training_tokenizer
 from ganpaint.data.manifest import check_split, read_manifest
-from ganpaint.errors import UserError
+from ganpaint.data.remote import configure as configure_remote
+from ganpaint.errors import UserError, WeightsNotFinite
 from ganpaint.eval.baselines import versus_best
 from ganpaint.export import save_export
+from ganpaint.files import atomic_path, reporting_full_disk
 from ganpaint.models import registry
 from ganpaint.models.layers import plain_module
 from ganpaint.train import checkpoint
@@ -33,7 +39,9 @@ from ganpaint.train.backend import TrainState
 from ganpaint.train.distributed import sum_over_ranks
 from ganpaint.train.feed import DataFeed
 from ganpaint.train.guard import HealthReading
+from ganpaint.train.lock import RunLock, acquire_on_rank_zero
 from ganpaint.train.log import RunLogger
+from ganpaint.train.rollback import Rollbacks
 from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
 from ganpaint.train.setup import (
     build_state,
@@ -108,7 +116,7 @@ class StopSignals:
 
 
 def _check_run_dir(run_dir: Path) -> None:
-    for path in (run_dir, checkpoint.checkpoint_root(run_dir)):
+    for path in (run_dir, checkpoint.checkpoint_root(run_dir), run_dir / "export"):
         if path.exists() and not path.is_dir():
             raise UserError(f"run.dir: {path} exists and is not a directory")
 
@@ -119,7 +127,7 @@ def _settings_changes(config: TrainConfig, run_dir: Path) -> dict:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return {}
-    saved = config_lib.load(saved_path, [f"run.dir={config.run.dir}"])
+    saved = config_lib.load(saved_path, [f"run.dir={config.run.dir}"], saved=True)
     changes = config_lib.differences(saved, config)
     fixed = [
         f"{key}: {old!r} -> {new!r}"
@@ -167,7 +175,18 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     """Train `config` to schedule.total_steps (or until a stop signal). Returns the run dir.
 
     Resumes from the run directory's newest checkpoint, or from `resume_from` (a checkpoint
-    directory of this run) when given."""
+    directory of this run) when given. The run directory is locked for the run's life
+    (ganpaint/train/lock.py): a second trainer of the same directory is refused in one line."""
+    held: list[RunLock] = []
+    try:
+        return _train(config, resume_from, held)
+    finally:
+        for run_lock in held:  # the kernel would release it with the process; a caller lives on
+            run_lock.release()
+
+
+def _train(config: TrainConfig, resume_from: str | Path | None, held: list[RunLock]) -> Path:
+    """`train`, appending the run directory's lock to `held` once it is taken."""
     # Setup: everything that can refuse the run does so before any training work.
     others = [name for name in config.log.trackers if name != "tensorboard"]
     backend = make_backend(config.run, others)
@@ -176,6 +195,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     run_dir = Path(config.run.dir)
     _check_run_dir(run_dir)
     changes = _settings_changes(config, run_dir)
+    configure_remote(config.data)  # timeouts, cache and bad-shard policy of remote shard reads
     manifest = read_manifest(config.data.shards)
     mean_rgb = torch.tensor(manifest["mean_rgb"], dtype=torch.float32)  # the training images'
     if config.data.val_images:
@@ -195,6 +215,11 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
     validation = None  # data.val_images 0: no validation grids or figures
     if accelerator.is_main_process and config.data.val_images:
         validation = load_validation_set(config, accelerator.device, mean_rgb)
+
+    # One trainer per run directory, from before anything writes into it (the resume may set
+    # damaged checkpoints aside) to the end; a run refused above leaves no directory behind.
+    run_lock, lock_note = acquire_on_rank_zero(accelerator, run_dir)
+    held.append(run_lock)
 
     # Resume: the newest usable checkpoint of this run directory (or the chosen one), if any, in
     # the right phase.
@@ -227,12 +252,14 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         accelerator.device,
         run_phases,
     )
-    for note in resume_notes:
-        logger.message(note)
+    for note in [lock_note, *resume_notes]:
+        if note:
+            logger.message(note)
     if step:
         logger.message(f"resumed {run_dir} at step {step} ({phase_at(step, run_phases).name})")
     if accelerator.is_main_process:
-        _record_changes(run_dir, step, changes, logger)
+        with reporting_full_disk(run_dir / "config_changes.jsonl"):
+            _record_changes(run_dir, step, changes, logger)
     if config.run.compile and not compiles(config, backend):
         logger.message(
             f"run.compile applies on CUDA under DDP: this {backend.label} run on "
@@ -240,9 +267,18 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         )
     plain_generator = plain_module(state.generator)
 
+    rollbacks = Rollbacks(state, config, run_dir, logger)
+
     def save(at_step: int) -> Path:
+        """Checkpoint `at_step`; if the weights went non-finite, roll back instead: `step` goes
+        back to the newest checkpoint's, whose path is returned, and training goes on there."""
+        nonlocal step
         _checked(state.health.read(), run_phases)  # a diverged run keeps its last good checkpoint
-        return checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
+        try:
+            path = checkpoint.save(state, run_dir, at_step, config, config.checkpoint.keep)
+        except WeightsNotFinite as error:
+            step, path = rollbacks.roll_back(error)
+        return path
 
     def show(at_step: int) -> dict[str, float]:
         if validation is None:
@@ -250,7 +286,8 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
         scalars, grid = run_validation(plain_generator, settings, validation)
         logger.scalars(at_step, scalars)
         logger.image_grid(at_step, "val/grid", grid)
-        save_image(grid, run_dir / "samples" / f"step-{at_step:08d}.png")
+        with atomic_path(run_dir / "samples" / f"step-{at_step:08d}.png") as partial:
+            save_image(grid, partial, format="png")
         return scalars
 
     if 0 < step < total:
@@ -293,8 +330,10 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 if step % config.log.image_every_steps == 0 and step < total:
                     show(step)
 
-                # Save: every checkpoint.every_steps, at phase ends, at the end, or when signalled.
-                if stop or step % config.checkpoint.every_steps == 0 or step in phase_ends:
+                # Save: every checkpoint.every_steps, at phase ends, at the end, or when signalled
+                # (a save that rolls back sets `step` back: the loop trains on from there).
+                due = step % config.checkpoint.every_steps == 0 or step in phase_ends
+                if stop or due or step == total:
                     saved = save(step)
                 if stop:
                     logger.message(
@@ -303,7 +342,9 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                     )
                     return stopped(saved)
 
-        # Finish: inference export and the validation figures of the trained net.
+        # Finish: inference export and the validation figures of the trained net. The weights
+        # were checked at the loop's save of this step, so this save cannot roll back (a finished
+        # run run again with a non-finite checkpoint stops there in one line).
         save(step)
         # On every rank: gathering the fp32 master weights is a collective under DeepSpeed.
         nets = backend.export_nets(state, config)
@@ -318,6 +359,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
                 tokenizer,
             )
             _report(run_dir, show(step), logger, validation)
+            logger.flush()  # the last TensorBoard events: a full disk is still one line
         return run_dir
     finally:
         feed.close()
@@ -378,5 +420,6 @@ def train_command(
     overrides = list(overrides)
     if resume_from and not (Path(resume_from) / "state.json").is_file():
         raise UserError(f"--resume-from {resume_from}: not a checkpoint directory (no state.json)")
-    train(config_lib.load(config, overrides), resume_from=resume_from)
+    # --resume reads the run's own config.yaml, which an earlier version may have written
+    train(config_lib.load(config, overrides, saved=bool(resume)), resume_from=resume_from)
     return 0

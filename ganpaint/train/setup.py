@@ -11,14 +11,16 @@ import math
 import os
 
 import torch
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 
 from ganpaint.completion import HoleFill
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
 from ganpaint.models import build_nets, registry
+from ganpaint.train import rendezvous
 from ganpaint.train.backend import Backend, DDPBackend, TrainState, accelerate_precision
-from ganpaint.train.steps import StepSettings
+from ganpaint.train.steps import StepSettings, critic_steps
 
 
 def deepspeed_requested(run: RunConfig) -> bool:
@@ -87,7 +89,13 @@ def make_backend(run: RunConfig, trackers: list[str] | tuple[str, ...] = ()) -> 
             "supports it only for CUDA modules)"
         )
     backend_class = _backend_class(run)
-    accelerator = backend_class.make_accelerator(run, use_cpu, list(trackers))
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        # One process may train several runs (the Python API, tests); accelerate keeps one state
+        # per process and refuses a second Accelerator of another precision, so each run of a
+        # single process starts from a fresh state (a launched process makes one Accelerator).
+        AcceleratorState._reset_state(reset_partial_state=True)
+    with rendezvous.bounded(run):  # WORLD_SIZE > 1: the group forms within its timeout, or one line
+        accelerator = backend_class.make_accelerator(run, use_cpu, list(trackers))
     # `accelerate launch --multi_gpu` without cpu=True on a CPU machine silently starts
     # unsynchronised single processes: refuse that instead of training N separate models.
     expected = int(os.environ.get("WORLD_SIZE", 1))
@@ -130,7 +138,7 @@ def critic_clamp(config: TrainConfig) -> float:
     """The WGAN seed's rule: +-0.03 with several critic steps per G step, else +-0.05."""
     if config.loss.clamp > 0:
         return config.loss.clamp
-    return 0.03 if config.schedule.critic_steps > 1 else 0.05
+    return 0.03 if critic_steps(config.schedule) > 1 else 0.05
 
 
 def compiles(config: TrainConfig, backend: Backend) -> bool:

@@ -11,10 +11,11 @@ SIGUSR1 means "requeue me", whatever exit status srun reports for the job step.
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterable
 from pathlib import Path
+
+from ganpaint.files import write_text_atomically
 
 MARKER_NAME = "stopped_by_signal"
 
@@ -30,7 +31,5 @@ def write_marker(
     names = ",".join(signal.Signals(number).name for number in sorted(set(signals_seen)))
     saved = checkpoint.relative_to(run_dir).as_posix() if checkpoint else "-"
     path = marker_path(run_dir)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(f"{names or 'unknown'} {step} {saved}\n")
-    os.replace(partial, path)
+    write_text_atomically(path, f"{names or 'unknown'} {step} {saved}\n")
     return path
