@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -449,3 +450,198 @@ def test_a_small_folder_always_gets_val_and_test_images(tmp_path):
         assert before[split] <= {item.key for item in splits[split]}
     moved = {item.key for item in splits["val"] + splits["test"]} - before["val"] - before["test"]
     assert moved <= before["train"]
+
+
+# --- one input never aborts a pack --------------------------------------------------------------
+
+
+def make_odd_folder(root: Path) -> Path:
+    """Good images plus one of each odd input: a name that is not UTF-8 (an image and a text
+    file), a 20000 x 2 strip, a 2 x 20000 one, and data that does not decode."""
+    for n in range(6):
+        write_image(root / f"good{n}.png", (30 * n, 90, 160), size=(24, 20))
+    write_image(Path(os.fsdecode(str(root).encode() + b"/latin\xff\xfe.png")), (9, 9, 9))
+    Path(os.fsdecode(str(root).encode() + b"/notes\xe9.txt")).write_text("x")
+    Image.fromarray(np.full((2, 20000, 3), 200, np.uint8)).save(root / "wide.png")
+    Image.fromarray(np.full((20000, 2, 3), 100, np.uint8)).save(root / "tall.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def test_odd_inputs_are_packed_or_skipped_never_abort(tmp_path, capsys):
+    root = make_odd_folder(tmp_path / "odd")
+    out = tmp_path / "out"
+    arguments = ["shards", "--source", "folder", "--input", str(root), "--output", str(out)]
+    code = cli.main([*arguments, "--size", "64", "--workers", "1", "--split-max-count", "3"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    printed.out.encode("utf-8")  # the summary names the odd file in printable form
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(counts(manifest).values()) == 9
+    reasons = {entry["path"].rsplit("/", 1)[-1]: entry["reason"] for entry in manifest["skipped"]}
+    assert sorted(reasons) == ["broken.png", "notes\\xe9.txt"]
+    assert reasons["broken.png"].startswith("cannot decode (") and len(reasons["broken.png"]) < 300
+    metas = {}
+    for path in out.glob("*.tar"):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    metas[meta["source"].rsplit("/", 1)[-1]] = meta
+    assert "latin\\xff\\xfe.png" in metas  # recorded with its bytes escaped: valid UTF-8
+    from ganpaint.data.packing import MAX_SIDE
+
+    wide, tall = metas["wide.png"], metas["tall.png"]
+    assert wide["size"][1] == 64 and 16000 < wide["size"][0] <= MAX_SIDE
+    assert tall["size"][0] == 64 and 16000 < tall["size"][1] <= MAX_SIDE
+    assert wide["crop"] == [9744, 0, 511, 2] and "crop" not in metas["good0.png"]
+
+
+def test_two_workers_merge_the_skipped_lists(tmp_path):
+    root = make_odd_folder(tmp_path / "odd")
+    (root / "more").mkdir()
+    (root / "more" / "broken2.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    options = dict(input=root, size=16, split_max_count=2, val_fraction=0.2, progress=False)
+    serial = pack("folder", tmp_path / "serial", workers=1, **options)
+    parallel = pack("folder", tmp_path / "parallel", workers=2, **options)
+    assert parallel == serial
+    shards_with_skips = {entry.get("shard") for entry in parallel["skipped"]} - {None}
+    assert len(shards_with_skips) == 2  # both broken images, each from its own shard
+    assert len(parallel["skipped"]) == 3
+
+
+def test_an_image_that_cannot_be_encoded_is_skipped(tmp_path, monkeypatch):
+    from ganpaint.data import packing
+
+    real_encode = packing.encode
+
+    def failing(image, image_format, quality):
+        if image.mean() > 100:  # the bright images: as OpenCV does for a size it cannot store
+            raise RuntimeError(f"OpenCV could not encode a {image_format} image")
+        return real_encode(image, image_format, quality)
+
+    monkeypatch.setattr(packing, "encode", failing)
+    root = tmp_path / "in"
+    for n in range(5):
+        write_image(root / f"image{n}.png", (60 * n,) * 3)
+    manifest = pack("folder", tmp_path / "out", input=root, size=16, workers=1, progress=False)
+    assert sum(counts(manifest).values()) == 2
+    assert {entry["reason"] for entry in manifest["skipped"]} == {
+        "cannot encode (RuntimeError: OpenCV could not encode a jpg image)"
+    }
+
+
+def test_size_above_the_longest_storable_side_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"--size 20000: expected 8\.\.16383 px"):
+        pack("synthetic", tmp_path / "out", size=20000, count=4, workers=1, progress=False)
+
+
+# --- a manifest's numbers are bounded ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small") / "shards"
+    pack("synthetic", out, size=64, count=40, split_max_count=20, workers=1, progress=False)
+    return out
+
+
+def edited_copy(source: Path, target: Path, edit) -> Path:
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    edit(manifest)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def small_data(shards: Path) -> DataConfig:
+    return DataConfig(
+        shards=str(shards), image_px=32, resize_min_px=32, resize_max_px=40, workers=0,
+        shuffle_buffer=16,
+    )  # fmt: skip
+
+
+def first_batch(shards: Path) -> torch.Tensor:
+    return next(iter(train_loader(small_data(shards), 4, 0, 1, 0, 0)))
+
+
+def set_key(dotted: str, value):
+    def edit(manifest: dict) -> None:
+        *parents, last = dotted.split(".")
+        node = manifest
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[last] = value
+
+    return edit
+
+
+MANIFEST_CASES = {
+    # case -> (edit, the key the one line names)
+    "count 10**12": (
+        set_key("splits.train.shards.0.count", 10**12),
+        "splits.train.shards[0].count",
+    ),
+    "count 10**19": (
+        set_key("splits.train.shards.0.count", 10**19),
+        "splits.train.shards[0].count",
+    ),
+    "count 10**8": (set_key("splits.train.shards.0.count", 10**8), "splits.train.shards[0].count"),
+    "split count": (set_key("splits.train.count", 7), "'splits.train.count' is 7, but its shards"),
+    "split bytes": (set_key("splits.val.bytes", 5), "'splits.val.bytes' is 5"),
+    "size 10**30": (set_key("parameters.size", 10**30), "'parameters.size' 1000000000000"),
+    "size 1e30": (set_key("parameters.size", 1e30), "'parameters.size' 1e+30"),
+    "size 4": (set_key("parameters.size", 4), "'parameters.size' 4 is not a size in 8..16383"),
+    "1 MB shard name": (set_key("splits.train.shards.0.name", "x" * 10**6), "refused shard name"),
+    "1 MB split name": (
+        lambda manifest: manifest["splits"].update({"y" * 10**6: {}}),
+        "unknown split 'yyyy",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_CASES))
+def test_manifest_numbers_and_strings_are_bounded(small_shards, tmp_path, case):
+    edit, expected = MANIFEST_CASES[case]
+    shards = edited_copy(small_shards, tmp_path / "shards", edit)
+    started = time.perf_counter()
+    with pytest.raises(UserError) as caught:
+        first_batch(shards)
+    message = str(caught.value)
+    assert time.perf_counter() - started < 2
+    assert "\n" not in message and len(message) <= 400, message[:500]
+    assert str(shards / "manifest.json") in message and expected in message, message
+
+
+def test_counts_edited_with_their_bytes_are_bounded_by_the_files(small_shards, tmp_path):
+    def forge(manifest: dict) -> None:
+        train = manifest["splits"]["train"]
+        train["shards"][0].update(count=10**12, bytes=10**16)
+        train["count"] = sum(shard["count"] for shard in train["shards"])
+        train["bytes"] = sum(shard["bytes"] for shard in train["shards"])
+
+    shards = edited_copy(small_shards, tmp_path / "shards", forge)
+    with pytest.warns(UserWarning, match="lists 1000000000000 samples, but its .* hold at most"):
+        batch = first_batch(shards)
+    assert batch.shape == (4, 3, 32, 32)
+
+
+def test_decoding_does_not_follow_the_manifest_size(small_shards, tmp_path):
+    honest = first_batch(small_shards)
+    for size in (8, 16383):  # in range, but not what the shards hold (64)
+        shards = edited_copy(
+            small_shards, tmp_path / f"size{size}", set_key("parameters.size", size)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "packed at 8 px are enlarged": informational
+            assert torch.equal(first_batch(shards), honest)
+
+
+def test_damaged_pack_state_is_refused_in_one_line_not_a_traceback(tmp_path):
+    out = tmp_path / "shards"
+    (out / ".packing").mkdir(parents=True)
+    (out / ".packing" / "parameters.json").write_text("{damaged")
+    with pytest.raises(UserError, match=r"holds other files \(\.packing\); pass --overwrite"):
+        pack("synthetic", out, size=16, count=8, workers=1, progress=False)
+    manifest = pack("synthetic", out, size=16, count=8, workers=1, progress=False, overwrite=True)
+    assert sum(counts(manifest).values()) == 8

@@ -3,12 +3,20 @@ training, centre crops for evaluation, written into CHW RGB uint8 batches.
 
 A crop is chosen in source pixels and resized once to the output side, which is the same as the
 paper's "scale the shortest side to a random size, then crop" but resizes only the pixels kept.
+
+How far a JPEG is reduced while decoding follows from the caller's needed side (the config's
+crop sizes) and the image's own size, read from its header: never from the manifest, which anyone
+can edit (its `parameters.size` describes the pack, it does not steer decoding).
 """
 
 from __future__ import annotations
 
+import io
+import struct
+
 import cv2
 import numpy as np
+from PIL import Image
 
 # JPEG decoders scale by 1/2, 1/4 or 1/8 in the DCT at a fraction of the cost of a full decode.
 DECODE_FLAGS = {
@@ -24,11 +32,74 @@ def decode_reduction(packed_px: int, needed_px: int) -> int:
     return max(factor for factor in DECODE_FLAGS if factor == 1 or packed_px // factor >= needed_px)
 
 
-def decode_bgr(data: bytes, reduction: int = 1) -> np.ndarray | None:
-    """Encoded image -> [H, W, 3] uint8 BGR (OpenCV order), or None when the bytes do not decode."""
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they hold the size.
+JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xDA)])  # markers without a length field
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking its marker segments; None if absent."""
+    position = 2
+    while position + 9 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker in JPEG_FRAMES:
+            height, width = struct.unpack_from(">HH", data, position + 5)
+            return width, height
+        elif marker in JPEG_STANDALONE:
+            position += 2
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP's first chunk (lossy VP8, lossless VP8L or extended VP8X)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an encoded image from its header alone (microseconds: JPEG, PNG and
+    WebP are parsed here, PIL reads any other header); None when there is no readable header."""
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return struct.unpack_from(">II", data, 16)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # any unreadable header: decode at full size, and let OpenCV judge the data
+        return None
+
+
+def decode_bgr(data: bytes, needed_px: int = 0) -> np.ndarray | None:
+    """Encoded image -> [H, W, 3] uint8 BGR (OpenCV order), or None when the bytes do not decode.
+
+    Decoded reduced (decode_reduction) as far as keeps its shortest side, read from its header, at
+    least `needed_px`; needed_px 0 decodes at full size.
+    """
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         return None
+    reduction = 1
+    if needed_px:
+        size = header_size(data)
+        reduction = decode_reduction(min(size), needed_px) if size else 1
     image = cv2.imdecode(buffer, DECODE_FLAGS[reduction])
     return image if image is not None and image.ndim == 3 else None
 

@@ -1,6 +1,7 @@
 """A shard directory's pack state: refusing a directory that is not ours, and finding the shards an
 earlier run of the same pack finished (recorded in its manifest, or in .packing/ if it stopped
-early), so that re-running a command resumes it.
+early), so that re-running a command resumes it. Everything read here may be damaged or edited:
+what does not parse is not ours to resume, and names from it are quoted cut short.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import shutil
 from pathlib import Path
 
 from ganpaint.data.packing import MANIFEST, STATE_DIR, ShardTask, file_sha256, write_json
+from ganpaint.data.sources import printable
 from ganpaint.errors import UserError
 
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError)
 
 
 def _recorded_state(output: Path) -> tuple[dict | None, dict[str, dict]]:
@@ -29,14 +32,22 @@ def _recorded_state(output: Path) -> tuple[dict | None, dict[str, dict]]:
                 for shard in entry["shards"]:
                     skipped = [s for s in manifest["skipped"] if s.get("shard") == shard["name"]]
                     records[shard["name"]] = {**shard, "split": split, "skipped": skipped}
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except UNREADABLE:
             described, records = None, {}  # not ours to resume: refused as "other files"
     state = output / STATE_DIR
     if (state / "parameters.json").is_file():
-        described = json.loads((state / "parameters.json").read_text())
+        try:
+            described = json.loads((state / "parameters.json").read_text())
+        except UNREADABLE:
+            return None, {}
+        if not isinstance(described, dict):
+            return None, {}
         for path in sorted(state.glob("*.tar.json")):
-            record = json.loads(path.read_text())
-            records[record["name"]] = record
+            try:
+                record = json.loads(path.read_text())
+                records[record["name"]] = record
+            except UNREADABLE:
+                continue  # a damaged record: its shard is packed again
     return described, records
 
 
@@ -55,14 +66,16 @@ def claim_output(output: Path, described: dict, overwrite: bool) -> dict[str, di
     if previous is None:
         others = sorted(path.name for path in output.iterdir())
         if others:
-            conflict = f"holds other files ({', '.join(others[:3])})"
+            conflict = f"holds other files ({printable(', '.join(others[:3]), 200)})"
     elif previous != described:
         changed = sorted(
-            key
+            str(key)
             for key in previous.keys() | described.keys()
             if previous.get(key) != described.get(key)
         )
-        conflict = f"holds shards packed with other parameters ({', '.join(changed)})"
+        conflict = (
+            f"holds shards packed with other parameters ({printable(', '.join(changed), 200)})"
+        )
     if conflict and not overwrite:
         raise UserError(f"--output {output} {conflict}; pass --overwrite to replace it")
     if conflict:

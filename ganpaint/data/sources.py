@@ -1,8 +1,13 @@
 """Input sources for packing: which images a celeba / coco / folder / synthetic input holds, per split.
 
 `enumerate_inputs` lists every input in a deterministic order (sorted relative paths) and assigns
-it to a split; an `ImageReader` reads them as RGB. Files that cannot be images are reported as
-skipped here; files that fail to decode are reported by the packer.
+it to a split; an `ImageReader` reads them as 8-bit RGB (any bit depth and mode: see
+ganpaint/data/pixels.py). Files that cannot be images are reported as skipped here; files that fail
+to decode are reported by the packer.
+
+File names are bytes on POSIX: a name that is not UTF-8 (Python holds its bad bytes as surrogates)
+is hashed and keyed by its own bytes and recorded with them escaped (`bad\\xff.png`), so it packs
+like any other file and the manifest stays valid UTF-8.
 
 COCO's captions (annotations/captions_{train,val}2017.json, when present) travel with its items.
 
@@ -27,6 +32,7 @@ from PIL import Image, ImageOps
 
 from ganpaint.data import synthetic
 from ganpaint.data.captions import read_coco_captions
+from ganpaint.data.pixels import to_rgb8
 from ganpaint.errors import UserError
 
 SOURCES = ("celeba", "coco", "folder", "synthetic")
@@ -34,6 +40,25 @@ SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CELEBA_PARTITION = {"0": "train", "1": "val", "2": "test"}
 MAX_KEY_CHARS = 80  # a key plus its extension must fit a 100-byte tar name
+MAX_REASON_CHARS = 240  # a skip reason quotes a library's message, which can be any length
+
+
+def name_bytes(text: str) -> bytes:
+    """A path's own bytes: UTF-8, with the undecodable bytes Python keeps as surrogates restored."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made: keep it as UTF-8 would
+        return text.encode("utf-8", "surrogatepass")
+
+
+def printable(text: str, limit: int = 0) -> str:
+    """`text` as one printable line: undecodable bytes as \\xNN, control characters escaped;
+    cut to `limit` characters (0: no limit), so a recorded name or reason is always valid UTF-8."""
+    decoded = name_bytes(text).decode("utf-8", "backslashreplace")
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in decoded)
+    if limit and len(shown) > limit:
+        return shown[: limit - 3] + "..."
+    return shown
 
 
 class Item(NamedTuple):
@@ -50,7 +75,7 @@ class Item(NamedTuple):
         """Where the image came from, as recorded in its shard sample and in the skipped list."""
         if self.index >= 0:
             return f"synthetic:{self.index}"
-        return f"{self.path}:{self.member}" if self.member else self.path
+        return printable(f"{self.path}:{self.member}" if self.member else self.path)
 
 
 class Inputs(NamedTuple):
@@ -85,7 +110,7 @@ class ImageReader:
         except Exception as error:  # PIL, zlib and the OS raise many types: all mean "skip it"
             # Truncated or garbled data, unknown formats and unreadable files all land here; PIL
             # raises for a truncated JPEG where OpenCV would silently return a grey-padded image.
-            raise SkipImage(f"cannot decode ({type(error).__name__}: {error})") from None
+            raise SkipImage(reason("cannot decode", error)) from None
 
     def close(self) -> None:
         for archive in self.archives.values():
@@ -93,9 +118,14 @@ class ImageReader:
         self.archives.clear()
 
 
+def reason(what: str, error: Exception) -> str:
+    """A skip reason quoting the error, one printable line of at most MAX_REASON_CHARS."""
+    return printable(f"{what} ({type(error).__name__}: {error})", MAX_REASON_CHARS)
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     # Phone photos store their rotation in EXIF; apply it so the packed image is upright.
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    return to_rgb8(ImageOps.exif_transpose(image))
 
 
 def _key(relative: str, used: set[str]) -> str:
@@ -103,7 +133,7 @@ def _key(relative: str, used: set[str]) -> str:
     stem = relative.rsplit(".", 1)[0] if "." in Path(relative).name else relative
     key = re.sub(r"[^A-Za-z0-9_-]", "_", stem).strip("_") or "image"
     if len(key) > MAX_KEY_CHARS:  # tar names are limited to 100 bytes: keep the end, add a hash
-        key = key[-(MAX_KEY_CHARS - 13) :] + "_" + hashlib.sha256(stem.encode()).hexdigest()[:12]
+        key = key[-(MAX_KEY_CHARS - 13) :] + "_" + hashlib.sha256(name_bytes(stem)).hexdigest()[:12]
     unique, suffix = key, 1
     while unique in used:
         unique, suffix = f"{key}_{suffix}", suffix + 1
@@ -120,7 +150,7 @@ def hash_split(relative: str, val_fraction: float) -> str:
 
 
 def _hash_fraction(text: str) -> float:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
+    return int(hashlib.sha256(name_bytes(text)).hexdigest()[:12], 16) / 16**12
 
 
 def top_up_held_out(splits: dict[str, list[Item]], val_fraction: float) -> None:
@@ -147,9 +177,16 @@ def top_up_held_out(splits: dict[str, list[Item]], val_fraction: float) -> None:
 def _files(root: Path) -> list[tuple[str, Path]]:
     """All regular files under root as (relative posix path, path), sorted by relative path."""
     found = [
-        (path.relative_to(root).as_posix(), path) for path in root.rglob("*") if path.is_file()
+        (path.relative_to(root).as_posix(), path) for path in root.rglob("*") if _is_file(path)
     ]
     return sorted(found)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # cannot even stat it: listed, so the reader records why it cannot be read
+        return True
 
 
 def _is_image_name(name: str) -> bool:
@@ -164,7 +201,7 @@ def _split_files(files, assign, skipped: list[dict]) -> dict[str, list[Item]]:
     splits: dict[str, list[Item]] = {name: [] for name in SPLITS}
     used: dict[str, set[str]] = {name: set() for name in SPLITS}
     for relative, where in files:
-        shown = ":".join(where)
+        shown = printable(":".join(where))
         if not _is_image_name(relative):
             skipped.append({"path": shown, "reason": "not an image file (by extension)"})
             continue
