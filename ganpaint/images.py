@@ -1,15 +1,21 @@
-"""Users' image files and uploads: the pixel-count guard before decoding, 8-bit decoding, encoding.
+"""Users' image files and uploads: the pixel-count guard before decoding, 8-bit upright decoding,
+encoding.
 
 A compressed file can be tiny and still decode to billions of pixels (a 20000 x 20000 PNG of one
 colour is a few kB). The guard reads only the header (PIL opens files lazily) and refuses an
 image above the limit in one line, before OpenCV allocates anything. A file whose header PIL
 cannot read is refused too, rather than handed to a decoder without a size check.
+
+Pixels come back as a viewer shows them: turned by their EXIF orientation (as PIL's
+ImageOps.exif_transpose turns them, which `ganpaint shards` uses), in their own layout (grey, BGR,
+BGRA), 16-bit images scaled to 8 bits. What is written carries no EXIF, so it shows upright too.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -20,6 +26,18 @@ from ganpaint.errors import UserError
 
 DEFAULT_MAX_MEGAPIXELS = 40.0  # a 48 MP phone photo is 8000 x 6000: resize it first
 EXIF_ORIENTATION = 0x0112
+# What each EXIF orientation asks of the stored [H, W, ...] pixels to show them upright: the
+# transposes of ImageOps.exif_transpose (2 mirrors, 6 turns a quarter clockwise, ...).
+UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda pixels: pixels[:, ::-1],
+    3: lambda pixels: pixels[::-1, ::-1],
+    4: lambda pixels: pixels[::-1],
+    5: lambda pixels: pixels.swapaxes(0, 1),
+    6: lambda pixels: np.rot90(pixels, -1),
+    7: lambda pixels: pixels.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda pixels: np.rot90(pixels, 1),
+}
+UINT16_MAX = 65535
 
 
 def check_pixel_count(width: int, height: int, max_megapixels: float, source: str) -> None:
@@ -31,10 +49,11 @@ def check_pixel_count(width: int, height: int, max_megapixels: float, source: st
         )
 
 
-def check_header(data: bytes, source: str, max_megapixels: float) -> bool:
+def check_header(data: bytes, source: str, max_megapixels: float) -> int:
     """Check an encoded image's size from its header, without decoding its pixels.
 
-    Returns whether its EXIF orientation turns it (what browsers show, not the stored layout).
+    Returns its EXIF orientation (1, upright as stored, when it has none): browsers and viewers
+    show the image turned by it.
     """
     try:
         with warnings.catch_warnings():
@@ -42,7 +61,7 @@ def check_header(data: bytes, source: str, max_megapixels: float) -> bool:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
-                turned = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Image.DecompressionBombError:
         raise UserError(
             f"{source}: more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP, above the "
@@ -51,7 +70,18 @@ def check_header(data: bytes, source: str, max_megapixels: float) -> bool:
     except (UnidentifiedImageError, OSError, ValueError):
         raise UserError(f"{source}: not a readable image") from None
     check_pixel_count(width, height, max_megapixels, source)
-    return turned
+    return orientation if orientation in UPRIGHT else 1
+
+
+def to_eight_bits(pixels: np.ndarray, source: str) -> np.ndarray:
+    """uint8 pixels of decoded uint8 or uint16 ones (16-bit PNG or TIFF, grey or colour), each
+    value scaled by 255 / 65535 and rounded, as `ganpaint shards` packs them."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        wide = pixels.astype(np.uint32)  # v * 255 + 32767 stays exact
+        return ((wide * 255 + UINT16_MAX // 2) // UINT16_MAX).astype(np.uint8)
+    raise UserError(f"{source}: {pixels.dtype} pixels; only 8- and 16-bit images are supported")
 
 
 def decode_image(
@@ -59,31 +89,34 @@ def decode_image(
     source: str,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     flags: int = cv2.IMREAD_UNCHANGED,
-    upright: bool = False,
+    upright: bool = True,
 ) -> np.ndarray:
-    """Encoded bytes -> uint8 pixels as OpenCV decodes them (BGR / BGRA / grey), size-checked first.
+    """Encoded bytes -> uint8 pixels in OpenCV's layouts (BGR / BGRA / grey), size-checked first.
 
-    `upright`: an image with an EXIF orientation is decoded turned as it says (as colour BGR:
-    OpenCV applies the orientation only then); the stored layout otherwise. UserError naming
-    `source` for an unreadable, too large or non-8-bit image.
+    `upright`: turned by the image's EXIF orientation, as viewers show it (the stored layout
+    otherwise); grey and alpha are kept either way. 16-bit images are scaled to 8 bits
+    (to_eight_bits). UserError naming `source` for an unreadable, too large or float image.
     """
-    if check_header(data, source, max_megapixels) and upright:
-        flags = cv2.IMREAD_COLOR
+    orientation = check_header(data, source, max_megapixels)
+    if flags != cv2.IMREAD_UNCHANGED:  # UNCHANGED ignores the orientation already
+        # OpenCV would turn colour and grey decodes itself: turned below, once, for every layout
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
         pixels = None
     if pixels is None:
         raise UserError(f"{source}: not a readable image")
-    if pixels.dtype != np.uint8:
-        raise UserError(f"{source}: {pixels.dtype} pixels; only 8-bit images are supported")
+    pixels = to_eight_bits(pixels, source)
+    if upright and orientation != 1:
+        pixels = np.ascontiguousarray(UPRIGHT[orientation](pixels))
     return pixels
 
 
 def read_image(
     path: Path, flags: int = cv2.IMREAD_UNCHANGED, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
 ) -> np.ndarray:
-    """Decode an image file (see decode_image). UserError naming the file."""
+    """Decode an image file, upright (see decode_image). UserError naming the file."""
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     return decode_image(path.read_bytes(), str(path), max_megapixels, flags)

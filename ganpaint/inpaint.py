@@ -13,6 +13,10 @@ original, then the gradients of the net's output are Poisson-blended (cv2.seamle
 NORMAL_CLONE) into it over the slightly dilated hole, window by window. Whatever the path, pixels
 outside the hole are returned bit-identical, the alpha channel is kept and greyscale images come
 back greyscale. Images above --max-megapixels are refused from their header, before decoding.
+
+Image and mask are read as a viewer shows them (`ganpaint.images`): turned by their EXIF
+orientation, so a mask drawn over a phone photo as shown fits it and the output is written upright
+(with no orientation tag to turn it again); 16-bit images are filled and written at 8 bits.
 """
 
 from __future__ import annotations

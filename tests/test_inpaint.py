@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
 from skimage import data
 
 from ganpaint import config as config_lib
@@ -15,11 +17,13 @@ from ganpaint.blend import poisson_blend
 from ganpaint.cli import main
 from ganpaint.data.captions import build_tokenizer
 from ganpaint.export import save_export
+from ganpaint.images import EXIF_ORIENTATION, decode_image
 from ganpaint.models import build_nets, registry
 
-TINY = ["model.width=8", "model.disc_width=8", "model.fc_features=16"]
+TINY = ["model.width=8", "model.disc_width=8"]
 FAMILY_OVERRIDES = {
     "glcic": [
+        "model.fc_features=16",
         "data.image_px=32",
         "data.resize_min_px=32",
         "data.resize_max_px=32",
@@ -315,3 +319,72 @@ def test_a_hole_far_larger_than_the_trained_ones_is_warned(tmp_path: Path, glcic
         "the size of those the model was trained on (masks.hole_max_px=12)"
         in capsys.readouterr().err
     )
+
+
+def exif_jpeg(path: Path, pixels: np.ndarray, orientation: int) -> Path:
+    """Save BGR or grey pixels as a JPEG whose EXIF orientation says how to show them."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    rgb = pixels if pixels.ndim == 2 else pixels[..., ::-1]
+    Image.fromarray(rgb).save(path, "JPEG", exif=exif, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["colour", "grey"])
+def test_exif_rotated_photo_is_filled_as_a_viewer_shows_it(
+    tmp_path: Path, glcic_run: Path, layout: str
+) -> None:
+    """A phone photo stored 120x80 with orientation 6 shows 80x120: the mask is drawn on that,
+    and the output is written upright, with no tag to turn it again."""
+    stored = (
+        photo(80, 120) if layout == "colour" else cv2.cvtColor(photo(80, 120), cv2.COLOR_BGR2GRAY)
+    )
+    image = exif_jpeg(tmp_path / "phone.jpg", stored, 6)
+    shown = cv2.imread(str(image), cv2.IMREAD_COLOR)  # OpenCV turns colour decodes itself
+    assert shown.shape[:2] == (120, 80)
+    mask = np.zeros((120, 80), np.uint8)
+    mask[70:90, 20:45] = 255
+    out = tmp_path / "out.png"
+    code = run_inpaint(
+        "--run", str(glcic_run), "--image", str(image),
+        "--mask", str(write(tmp_path / "mask.png", mask)), "--output", str(out),
+    )  # fmt: skip
+    assert code == 0
+    result, hole = read(out), mask > 127
+    expected = shown if layout == "colour" else cv2.cvtColor(shown, cv2.COLOR_BGR2GRAY)
+    assert result.shape == expected.shape
+    np.testing.assert_array_equal(result[~hole], expected[~hole])
+    assert EXIF_ORIENTATION not in Image.open(out).getexif()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_turned_as_pil_turns_it(orientation: int) -> None:
+    pixels = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), np.uint8)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", exif=exif)  # lossless: the same pixels back
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))))
+    decoded = decode_image(buffer.getvalue(), "turned.png")[..., ::-1]  # BGR -> RGB
+    np.testing.assert_array_equal(decoded, shown)
+
+
+@pytest.mark.parametrize("layout", ["grey", "colour"])
+def test_16_bit_image_is_filled_at_8_bits(tmp_path: Path, glcic_run: Path, layout: str) -> None:
+    """16-bit PNGs (grey or colour) are scaled to 8 bits (v * 255 / 65535), greyscale kept."""
+    eight = photo(33, 29) if layout == "colour" else cv2.cvtColor(photo(33, 29), cv2.COLOR_BGR2GRAY)
+    sixteen = eight.astype(np.uint16) * 257 + np.uint16(100)  # not a plain multiple of 257
+    image = write(tmp_path / "deep.png", sixteen)
+    assert read(image).dtype == np.uint16
+    out = tmp_path / "out.png"
+    rect = ["--rect", "5,6,10,8"]
+    assert (
+        run_inpaint("--run", str(glcic_run), "--image", str(image), *rect, "--output", str(out))
+        == 0
+    )
+    result = read(out)
+    hole = np.zeros((33, 29), bool)
+    hole[6:14, 5:15] = True
+    assert result.dtype == np.uint8 and result.shape == eight.shape
+    expected = np.rint(sixteen / 65535 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(result[~hole], expected[~hole])

@@ -135,7 +135,27 @@ EXPORT_CASES = {
         "'tokenizer' is not a tokenizer",
     ),
     "not json": (lambda m: "{broken", "not a JSON object"),
+    # sizes that allocated until the machine ran out, and megabytes quoted in the error line
+    "width 100000": (
+        lambda m: _set(m, "config.model.width", 100_000),
+        "glcic generator of 14,785,029,950,019 parameters, above the 2,000,000,000",
+    ),
+    "fc_features 1e9": (
+        lambda m: _set(m, "config.model.fc_features", 10**9),
+        "glcic discriminator of 772,000,020,726 parameters",
+    ),
+    "fill iterations 1e9": (
+        lambda m: _set(m, "config.model.fill_iterations", 10**9),
+        "model.fill_iterations=1000000000 is above 10,000: no ganpaint model",
+    ),
+    "a 1 MB family name": (
+        lambda m: _set(m, "config.model.family", "x" * 1_000_000),
+        "'model.family'",
+    ),
+    "a 1 MB key": (lambda m: _set(m, "config.model." + "y" * 1_000_000, 1), "metadata config"),
 }
+# An error line quotes what the metadata holds: "ganpaint: error: " and at most 300 characters.
+MAX_ERROR_LINE = len("ganpaint: error: ") + 300
 
 
 @pytest.mark.parametrize("case", [*sorted(EXPORT_CASES), "discriminator file"])
@@ -154,8 +174,9 @@ def test_bad_export_is_one_line(tmp_path: Path, glcic_run: Path, capsys, case: s
         "--output", str(tmp_path / "out.png"),
     )  # fmt: skip
     error = capsys.readouterr().err.strip()
-    assert code == 2 and len(error.splitlines()) == 1, error
-    assert str(weights) in error and expected in error, error
+    assert code == 2 and len(error.splitlines()) == 1, error[:1000]
+    assert str(weights) in error and expected in error, error[:1000]
+    assert len(error) <= MAX_ERROR_LINE, error[:1000]
 
 
 def test_unedited_export_still_loads(tmp_path: Path, glcic_run: Path) -> None:
@@ -170,3 +191,27 @@ def test_unedited_export_still_loads(tmp_path: Path, glcic_run: Path) -> None:
     )
     assert code == 0 and cv2.imread(str(out)).shape == (24, 32, 3)
     assert np.array_equal(cv2.imread(str(out))[0, 0], photo(24, 32)[0, 0])
+
+
+def test_non_finite_weights_are_refused_in_one_line(tmp_path: Path, glcic_run: Path, capsys):
+    """A diverged export (NaN or infinite weights) used to fill every hole with black."""
+    run = tmp_path / "run"
+    shutil.copytree(glcic_run, run)
+    weights = run / "export" / "generator.safetensors"
+    tensors = load_file(str(weights))
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    names = sorted(name for name, tensor in tensors.items() if tensor.is_floating_point())
+    for name, value in zip(names[:3], (float("nan"), float("inf"), -float("inf")), strict=True):
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = value
+    save_file(tensors, str(weights), metadata=metadata)
+    image = write(tmp_path / "image.png", photo(24, 32))
+    out = tmp_path / "out.png"
+    code = run_inpaint(
+        "--weights", str(weights), "--image", str(image), "--rect", "2,2,4,4", "--output", str(out)
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1, error
+    assert f"{weights}: 3 of {len(tensors)} tensors hold NaN or infinite values" in error, error
+    assert not out.exists()

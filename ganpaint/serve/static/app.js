@@ -156,7 +156,8 @@ function showResult(result, roundTripMs) {
   setStatus(
     `Filled ${result.width} x ${result.height} px in ${(roundTripMs / 1000).toFixed(2)} s ` +
       `(model ${Math.round(result.timings_ms.model)} ms on ${result.windows.length} ` +
-      `window${result.windows.length > 1 ? "s" : ""}: ${windows}).`
+      `window${result.windows.length > 1 ? "s" : ""}: ${windows}).` +
+      (result.notes || []).map((note) => ` Note: ${note}.`).join("")
   );
 }
 
