@@ -25,12 +25,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from ganpaint import config as config_lib
 from ganpaint.config import TrainConfig, micro_batch_size
 from ganpaint.data.masks import hole_generator
+from ganpaint.data.remote import mask
 from ganpaint.errors import UserError
 from ganpaint.train import schedule
 from ganpaint.train.backend import Backend, TrainState
 from ganpaint.train.feed import DataFeed, device_batch
 from ganpaint.train.setup import build_state, compiles, make_backend, step_settings
-from ganpaint.train.steps import STEP_FUNCTIONS, Batch, StepSettings, micro_batches_per_step
+from ganpaint.train.steps import (
+    STEP_FUNCTIONS,
+    Batch,
+    StepSettings,
+    critic_steps,
+    micro_batches_per_step,
+)
 
 # Dense bf16 / fp16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -201,14 +208,14 @@ def run_bench(
     if data == "synthetic" or compare:
         feeds["synthetic"] = SyntheticFeed(config, device, local_batch)
     if data != "synthetic":
-        feeds[data] = ShardFeed(config, state, run_phases)
+        feeds[mask(data)] = ShardFeed(config, state, run_phases)  # a URL's credentials masked
     peak = device_peak_tflops(device)
     rows = []
     for phase in run_phases:
         if phase_numbers and phase.number not in phase_numbers:
             continue
         micro = micro_batches_per_step(
-            phase.kind, config.schedule.critic_steps, config.optim.grad_accum_steps
+            phase.kind, critic_steps(config.schedule), config.optim.grad_accum_steps
         )
         for label, feed in feeds.items():
             run_step = _step_runner(state, settings, phase, feed, micro)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from ganpaint.data import remote
 from ganpaint.data.decode import crop_into, decode_bgr
 from ganpaint.data.order import EpochPlan, ReaderPlan
 from ganpaint.errors import UserError
@@ -48,10 +49,18 @@ class ErrorCount:
 
 def _opened(paths: Iterable[str], errors: ErrorCount) -> Iterator[dict]:
     """Each shard as an open local file, in webdataset's source form. The paths are opened by
-    `open()`, never handed to webdataset's URL opener (which runs `pipe:` names as commands)."""
-    for path in paths:
-        try:
-            stream = open(path, "rb")  # closed when the next shard is asked for
+    `open()`, never handed to webdataset's URL opener (which runs `pipe:` names as commands). A
+    remote shard comes as a local copy already checked against its manifest sha256, the next
+    one fetched while this one is read (ganpaint/data/remote.py)."""
+    paths = list(paths)
+    for index, path in enumerate(paths):
+        if index + 1 < len(paths):
+            remote.prefetch(paths[index + 1])
+        try:  # each stream is closed when the next shard is asked for
+            stream = remote.open_shard(path) if remote.is_shard(path) else open(path, "rb")
+        except remote.BadShard as error:  # data.on_bad_shard=skip
+            errors.skip(f"bad shard {error}")
+            continue
         except OSError as error:
             errors.skip(f"unreadable shard {path} ({error.strerror or error})")
             continue
@@ -87,7 +96,7 @@ def read_samples(
 
 def fill_batches(
     samples: Iterator[tuple],
-    reduction: int,
+    needed_px: int,
     image_px: int,
     batch_size: int,
     choose,
@@ -97,6 +106,7 @@ def fill_batches(
 ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """Decode and crop samples into uint8 [B, 3, image_px, image_px] RGB batches.
 
+    needed_px: the shortest side a JPEG's reduced decode must keep (decode_bgr).
     choose(height, width) -> ((left, top, side), flip). With `tokens_of` (a `CaptionTokens`,
     samples read `with_meta`) each batch comes with the int64 [B, tokens_of.max_tokens] token ids
     of its images' captions, drawn after the crop. Corrupt samples are skipped and counted; the
@@ -117,7 +127,7 @@ def fill_batches(
                 tokens.share_memory_()
         pixels, filled = batch.numpy(), 0
         for key, path, data, *meta in samples:
-            image = decode_bgr(data, reduction)
+            image = decode_bgr(data, needed_px)
             if image is None:
                 errors.skip(f"undecodable sample {key} in {path}")
                 continue
@@ -145,16 +155,24 @@ def _read_epoch(
     with_meta: bool,
 ) -> Iterator[tuple[int, Sample]]:
     """(read index, sample) of the epoch's samples emitted at `offset` or later, in read order.
-    A shard whose samples were all emitted before `offset` is not opened."""
+    A shard whose samples were all emitted before `offset` is not opened. A remote shard is
+    fetched while the one before it is read; one that fails its sha256 check under
+    data.on_bad_shard=skip has the next good shard read in its place (remote.usable_shard)."""
     emitted_at = plan.positions()
-    for shard, size, start in zip(plan.shards, plan.sizes, plan.starts, strict=True):
-        wanted = emitted_at[start : start + size] >= offset
-        if not wanted.any():
-            continue
-        shard_samples = read_samples([paths[shard]], image_key, errors, with_meta)
+    reads = [
+        (shard, size, start, emitted_at[start : start + size] >= offset)
+        for shard, size, start in zip(plan.shards, plan.sizes, plan.starts, strict=True)
+    ]
+    reads = [read for read in reads if read[3].any()]
+    for number, (shard, size, start, wanted) in enumerate(reads):
+        if number + 1 < len(reads):
+            remote.prefetch(paths[reads[number + 1][0]])
+        source = remote.usable_shard(paths, shard, errors)
+        shard_samples = read_samples([source], image_key, errors, with_meta)
         for ordinal, sample in enumerate(shard_samples):
             if ordinal == size:
-                errors.skip(f"samples of {paths[shard]} beyond the {size} its manifest lists")
+                if source is paths[shard]:  # a stand-in may hold more: it is cut to this size
+                    errors.skip(f"samples of {source} beyond the {size} its manifest lists")
                 break
             if wanted[ordinal]:
                 yield start + ordinal, sample
@@ -225,9 +243,9 @@ class Lookahead:
         return self.ahead[index]
 
 
-def _decode(sample: Sample, reduction: int, errors: ErrorCount | None) -> np.ndarray | None:
+def _decode(sample: Sample, needed_px: int, errors: ErrorCount | None) -> np.ndarray | None:
     key, path, data = sample[:3]
-    image = decode_bgr(data, reduction)
+    image = decode_bgr(data, needed_px)
     if errors is not None:
         if image is None:
             errors.skip(f"undecodable sample {key} in {path}")
@@ -236,11 +254,11 @@ def _decode(sample: Sample, reduction: int, errors: ErrorCount | None) -> np.nda
     return image
 
 
-def _first_good_ahead(samples: Lookahead, reduction: int, where: str) -> tuple[np.ndarray, Sample]:
+def _first_good_ahead(samples: Lookahead, needed_px: int, where: str) -> tuple[np.ndarray, Sample]:
     """(decoded image, sample) of the first good sample ahead, not consumed."""
     for ahead in range(MAX_ERRORS_IN_A_ROW + 1):
         sample = samples.peek(ahead)
-        image = _decode(sample, reduction, None)
+        image = _decode(sample, needed_px, None)
         if image is not None:
             return image, sample
     raise UserError(
@@ -250,15 +268,16 @@ def _first_good_ahead(samples: Lookahead, reduction: int, where: str) -> tuple[n
 
 def positioned_batch(
     samples: Lookahead,
-    reduction: int,
+    needed_px: int,
     image_px: int,
     batch_size: int,
     choose: Choose,
     errors: ErrorCount,
     tokens_of=None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The next `batch_size` samples decoded and cropped into a uint8 [B, 3, P, P] RGB batch; with
-    `tokens_of` (a `CaptionTokens`, for samples read with meta), (batch, token ids [B, T]).
+    """The next `batch_size` samples decoded (keeping a shortest side of `needed_px`: decode_bgr)
+    and cropped into a uint8 [B, 3, P, P] RGB batch; with `tokens_of` (a `CaptionTokens`, for
+    samples read with meta), (batch, token ids [B, T]).
 
     A batch is always made of exactly its own samples, so a stream's batches stay a pure function
     of their positions: a corrupt or missing sample (skipped and counted) is replaced by a copy of
@@ -278,14 +297,14 @@ def positioned_batch(
     pixels, good = batch.numpy(), []
     for index in range(batch_size):
         sample = next(samples)
-        image = _decode(sample, reduction, errors)
+        image = _decode(sample, needed_px, errors)
         if image is not None:
             crop_into(pixels[index], image, *choose(*image.shape[:2]))
             if tokens is not None:
                 tokens[index] = torch.from_numpy(tokens_of(sample[3]))
             good.append(index)
     if not good:
-        ahead = _first_good_ahead(samples, reduction, errors.where)
+        ahead = _first_good_ahead(samples, needed_px, errors.where)
         crop_into(pixels[0], ahead[0], *choose(*ahead[0].shape[:2]))
         if tokens is not None:
             tokens[0] = torch.from_numpy(tokens_of(ahead[1][3]))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ganpaint.data import remote
 from ganpaint.errors import UserError
 
 # Packing may train the tokenizer in a process that later forks DataLoader workers: the library's
@@ -105,16 +106,23 @@ def load_tokenizer(shard_dir: str | Path):
     """The tokenizer saved beside a shard directory's manifest. UserError when there is none."""
     from tokenizers import Tokenizer
 
-    path = Path(shard_dir) / TOKENIZER_FILE
-    if not path.is_file():
+    path = remote.display(shard_dir, TOKENIZER_FILE)
+    try:
+        if remote.is_remote(shard_dir):  # https://, s3://, gs:// (ganpaint/data/remote.py)
+            text = remote.read_text(shard_dir, TOKENIZER_FILE)
+        else:
+            text = Path(path).read_text() if Path(path).is_file() else None
+        tokenizer = None if text is None else Tokenizer.from_str(text)
+    except UserError:
+        raise  # a remote read that gave up, already one line
+    except Exception as error:  # the library raises its own Exception subclasses
+        raise UserError(f"{path}: not a tokenizer file ({error})") from None
+    if tokenizer is None:
         raise UserError(
             f"{path}: not found; captions need shards packed from COCO with "
             "annotations/captions_train2017.json (ganpaint shards --source coco)"
         )
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as error:  # the library raises its own Exception subclasses
-        raise UserError(f"{path}: not a tokenizer file ({error})") from None
+    return tokenizer
 
 
 def training_tokenizer(shard_dir: str | Path, vocabulary_size: int) -> str:
@@ -125,7 +133,7 @@ def training_tokenizer(shard_dir: str | Path, vocabulary_size: int) -> str:
     if words > vocabulary_size:
         raise UserError(
             f"config key 'model.vocabulary_size': {vocabulary_size} rows are fewer than the "
-            f"{words} words of {Path(shard_dir) / TOKENIZER_FILE}"
+            f"{words} words of {remote.display(shard_dir, TOKENIZER_FILE)}"
         )
     return tokenizer.to_str()
 

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -33,13 +33,15 @@ from ganpaint.data.captions import caption_manifest
 from ganpaint.data.pack_state import claim_output, remove_stale_shards, verified
 from ganpaint.data.packing import (
     MANIFEST,
+    MAX_SIDE,
     STATE_DIR,
     ShardTask,
     init_worker,
     pack_shard,
     write_json,
 )
-from ganpaint.data.sources import SOURCES, SPLITS, Inputs, Item, enumerate_inputs
+from ganpaint.data.remote import is_remote, mask
+from ganpaint.data.sources import SOURCES, SPLITS, Inputs, Item, enumerate_inputs, printable
 from ganpaint.errors import UserError
 
 FORMAT = "ganpaint-shards/1"
@@ -69,7 +71,7 @@ def _check_arguments(
 ):
     checks = [
         (source in SOURCES, f"--source {source!r}: expected one of {', '.join(SOURCES)}"),
-        (size >= 8, f"--size {size}: expected at least 8 px"),
+        (8 <= size <= MAX_SIDE, f"--size {size}: expected 8..{MAX_SIDE} px"),
         (split_max_count >= 1, f"--split-max-count {split_max_count}: expected at least 1"),
         (workers >= 1, f"--workers {workers}: expected at least 1"),
         (image_format in IMAGE_FORMATS, f"--format {image_format!r}: expected jpg, png or webp"),
@@ -130,9 +132,15 @@ def _run(tasks: list[ShardTask], workers: int, counter) -> Iterator[dict]:
 
 
 def _pack_missing(
-    tasks: list[ShardTask], records: dict[str, dict], workers: int, progress: bool, title: str
+    tasks: list[ShardTask],
+    records: dict[str, dict],
+    workers: int,
+    progress: bool,
+    title: str,
+    sealed: Callable[[dict], None] | None = None,
 ) -> None:
-    """Pack the tasks without a record, adding theirs to `records`, under a rich progress bar."""
+    """Pack the tasks without a record, adding theirs to `records`, under a rich progress bar;
+    `sealed` is called with each record, reused or new, once its shard is complete."""
     todo = [task for task in tasks if task.name not in records]
     images_in = {task.name: len(task.items) for task in tasks}
     columns = (
@@ -158,8 +166,13 @@ def _pack_missing(
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
         try:
+            reused_records = [records[task.name] for task in tasks if task.name in records]
+            for record in reused_records if sealed is not None else []:
+                sealed(record)
             for record in _run(todo, workers, counter):
                 records[record["name"]] = record
+                if sealed is not None:
+                    sealed(record)  # while the workers pack on (an upload: remote_pack.py)
         finally:
             done.set()
             follower.join()
@@ -226,8 +239,10 @@ def pack(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    sealed: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Pack `source` into shards under `output` and return the manifest (also written there).
+    """Pack `source` into shards under `output` and return the manifest (also written there);
+    `sealed(record)` runs for each shard once it is complete, before the manifest is written.
 
     Raises UserError (one line) for bad arguments, a wrong input layout, no decodable image, or an
     output directory holding something else (unless `overwrite`).
@@ -250,7 +265,7 @@ def pack(
         for task in tasks
         if verified(output, task, earlier.get(task.name))
     }
-    _pack_missing(tasks, records, workers, progress, f"{source} -> {output}")
+    _pack_missing(tasks, records, workers, progress, f"{source} -> {output}", sealed)
     manifest = _manifest(source, described, tasks, records, inputs.skipped)
     training = [caption for item in inputs.splits["train"] for caption in item.captions]
     captions = caption_manifest(training, inputs.annotations, manifest["splits"], output)
@@ -259,8 +274,8 @@ def pack(
     if not any(entry["count"] for entry in manifest["splits"].values()):
         first = manifest["skipped"][0] if manifest["skipped"] else {"path": "?", "reason": "?"}
         raise UserError(
-            f"{source} input {input}: no image could be packed "
-            f"({len(manifest['skipped'])} skipped; first: {first['path']}: {first['reason']})"
+            f"{source} input {input}: no image could be packed ({len(manifest['skipped'])} "
+            f"skipped; first: {printable(first['path'] + ': ' + first['reason'], 300)})"
         )
     if not manifest["splits"]["train"]["count"]:
         warnings.warn(f"{output}: no train images; mean_rgb is taken over all splits", stacklevel=2)
@@ -297,7 +312,9 @@ def _summary(manifest: dict, output: str | Path, seconds: float) -> str:
     lines.append(
         f"  skipped {len(skipped)} inputs" + (" (all listed in manifest.json):" if skipped else "")
     )
-    lines += [f"    {entry['path']}: {entry['reason']}" for entry in skipped[:5]]
+    lines += [
+        f"    {printable(entry['path'] + ': ' + entry['reason'], 300)}" for entry in skipped[:5]
+    ]
     if len(skipped) > 5:
         lines.append(f"    ... and {len(skipped) - 5} more")
     return "\n".join(lines)
@@ -317,9 +334,13 @@ def pack_command(
     seed: int,
     overwrite: bool,
 ) -> int:
-    """`ganpaint shards`: pack with a progress bar, then print a summary."""
+    """`ganpaint shards`: pack with a progress bar, then print a summary. An s3:// or gs://
+    output is staged locally and uploaded shard by shard (ganpaint/data/remote_pack.py)."""
     started = time.perf_counter()
-    manifest = pack(
+    packer = pack
+    if is_remote(output):
+        from ganpaint.data.remote_pack import pack_remote as packer
+    manifest = packer(
         source,
         output,
         input=input,
@@ -334,5 +355,5 @@ def pack_command(
         overwrite=overwrite,
         progress=True,
     )
-    print(_summary(manifest, output, time.perf_counter() - started))
+    print(_summary(manifest, mask(output), time.perf_counter() - started))
     return 0

@@ -8,7 +8,7 @@ the loader takes round-robin), as that reader's (b // R)-th batch of local_batch
 samples of its stream (ganpaint/data/order.py: shards dealt per epoch, buffered shuffle), cropped
 and flipped (unless data.crop is "centre") by a generator seeded by (seed, rank, b), which also
 draws which caption of each image is used when data.captions is on. Everything a batch needs is computed from
-the manifest's counts, so a loader opened at batch b yields exactly what one opened at 0 yields
+the manifest's counts (each at most what its shard file can hold: ganpaint/data/manifest.py), so a loader opened at batch b yields exactly what one opened at 0 yields
 from its b-th batch on, without decoding the batches before it: the training loop opens one
 loader for the whole run, and a resume opens it where the run stopped.
 
@@ -17,6 +17,10 @@ readers of all ranks, so no two readers (and no two ranks) read the same shard i
 together they read all of them. With fewer shards than readers each reader draws one shard per
 epoch at random, with replacement. Either way every rank's stream is endless, so all ranks yield
 equal batch counts.
+
+A shard directory may be a URL (https://, s3://, gs://): each shard is then fetched and checked
+against its manifest sha256 before it is read (ganpaint/data/remote.py), so the stream, its
+positions and a resume are the same as from the same shards on disk.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 
 from ganpaint.config import DataConfig
+from ganpaint.data import remote
 from ganpaint.data.batches import (
     ErrorCount,
     Lookahead,
@@ -45,12 +50,7 @@ from ganpaint.data.batches import (
     reader_samples,
 )
 from ganpaint.data.captions import CaptionTokens, load_tokenizer
-from ganpaint.data.decode import (
-    centre_square,
-    decode_reduction,
-    random_square,
-    scaled_centre_square,
-)
+from ganpaint.data.decode import centre_square, random_square, scaled_centre_square
 from ganpaint.data.manifest import check_split, read_manifest, split_shards
 from ganpaint.data.order import ReaderPlan, seed_words
 from ganpaint.data.packing import MANIFEST
@@ -83,16 +83,19 @@ class TrainStream(torch.utils.data.IterableDataset):
         start_batch: int,
         counted: bool = False,
     ):
+        remote.configure(data)  # remote shards carry these settings into the workers
         manifest = read_manifest(data.shards)
         shards = split_shards(manifest, data.shards, "train")
         if not shards:
-            raise UserError(f"{Path(data.shards) / MANIFEST}: the train split holds no images")
+            raise UserError(
+                f"{remote.display(data.shards, MANIFEST)}: the train split holds no images"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        packed_px = int(manifest["parameters"]["size"])
+        packed_px = manifest["parameters"]["size"]  # informational: decoding reads each header
         if packed_px < data.resize_min_px:
             warnings.warn(
-                f"{data.shards}: shards packed at {packed_px} px are enlarged to "
+                f"{remote.mask(data.shards)}: shards packed at {packed_px} px are enlarged to "
                 f"{data.resize_min_px}-{data.resize_max_px} px; pack with --size "
                 f"{data.resize_max_px} for sharper crops",
                 stacklevel=3,
@@ -103,7 +106,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.seed, self.start_batch = seed, start_batch
         self.image_key = manifest["image_key"]
-        self.reduction = decode_reduction(packed_px, data.resize_max_px)
+        self.needed_px = data.resize_max_px  # the shortest side a JPEG's reduced decode keeps
         self.readers_per_rank = max(1, data.workers)
         self.tokenizer = load_tokenizer(data.shards) if data.captions else None
         self.counted = counted
@@ -111,7 +114,7 @@ class TrainStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator:
         """The batches (module docstring); with `counted`, (batch, samples skipped for it) pairs;
         a ReaderFailure last if the reader gives up."""
-        errors = ErrorCount(f"{self.data.shards} (rank {self.rank})")
+        errors = ErrorCount(f"{remote.mask(self.data.shards)} (rank {self.rank})")
         return _reported(self._batches(errors), errors, self.counted)
 
     def _batches(self, errors: ErrorCount) -> Iterator:
@@ -131,7 +134,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             self.seed,
             data.shuffle_buffer,
         )
-        errors.where = f"{data.shards} (rank {self.rank}, reader {reader})"
+        errors.where = f"{remote.mask(data.shards)} (rank {self.rank}, reader {reader})"
         start = first // readers * self.local_batch
         samples = Lookahead(
             reader_samples(self.paths, plan, start, self.image_key, errors, data.captions)
@@ -143,7 +146,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 tokens_of = CaptionTokens(self.tokenizer, data.caption_tokens, rng)
             yield positioned_batch(
                 samples,
-                self.reduction,
+                self.needed_px,
                 data.image_px,
                 self.local_batch,
                 self._chooser(rng),
@@ -298,14 +301,13 @@ def iterate_split(
     """
     manifest = read_manifest(shard_dir)
     paths = [path for path, _ in split_shards(manifest, shard_dir, split)]
-    errors = ErrorCount(f"{shard_dir} ({split})")
+    errors = ErrorCount(f"{remote.mask(shard_dir)} ({split})")
     samples = read_samples(paths, manifest["image_key"], errors, tokens_of is not None)
-    reduction = decode_reduction(int(manifest["parameters"]["size"]), image_px)
 
     def choose(height: int, width: int) -> tuple[tuple[int, int, int], bool]:
         return centre_square(height, width), False
 
-    return fill_batches(samples, reduction, image_px, batch_size, choose, errors, limit, tokens_of)
+    return fill_batches(samples, image_px, image_px, batch_size, choose, errors, limit, tokens_of)
 
 
 def held_out_split(shard_dir: str | Path, preferred: str) -> str:
@@ -318,7 +320,8 @@ def held_out_split(shard_dir: str | Path, preferred: str) -> str:
         if counts.get(split):
             return split
     warnings.warn(
-        f"{shard_dir}: no held-out images (val and test are empty); using 'train' images",
+        f"{remote.mask(shard_dir)}: no held-out images (val and test are empty); using 'train' "
+        "images",
         stacklevel=2,
     )
     return "train"
@@ -348,7 +351,7 @@ def val_batch(
         images, token_ids = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     if len(images) < count:
         warnings.warn(
-            f"{data.shards}: split {split!r} has {len(images)} images, fewer than the "
+            f"{remote.mask(data.shards)}: split {split!r} has {len(images)} images, fewer than the "
             f"{count} asked for",
             stacklevel=2,
         )

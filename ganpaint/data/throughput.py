@@ -1,6 +1,7 @@
 """Loader throughput: images per second of the training stream, total and per worker.
 
     python -m ganpaint.data.throughput SHARD_DIR --image-px 256 --resize-max-px 384 --workers 1,2
+    python -m ganpaint.data.throughput SHARD_DIR --http   # also over HTTP on localhost: the ratio
 
 Measures the real training path (tar reading, shuffle buffer, decode, GLCIC crop and flip,
 batching, worker hand-off) after a warm-up, without a model.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import ExitStack
 
 from ganpaint.config import DataConfig
+from ganpaint.data.serve_http import serve
 from ganpaint.data.stream import train_loader
 
 
@@ -62,21 +65,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", default="1,2", help="comma list of worker counts")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also read SHARD_DIR over HTTP from a localhost server and give the ratio to disk",
+    )
     args = parser.parse_args(argv)
-    print(f"{'workers':>7} {'img/s':>9} {'img/s/worker':>13} {'batches':>8} {'seconds':>8}")
-    for workers in (int(value) for value in args.workers.split(",")):
-        result = measure_loader(
-            args.shard_dir,
-            args.image_px,
-            workers,
-            args.batches,
-            args.batch_size,
-            args.resize_max_px,
-        )
+    with ExitStack() as stack:
+        sources = {"disk": args.shard_dir}
+        if args.http:  # fetched, verified and read like any remote shard directory
+            sources["http"] = stack.enter_context(serve(args.shard_dir))[1]
         print(
-            f"{workers:7d} {result['img_per_s']:9.0f} {result['img_per_s_per_worker']:13.0f} "
-            f"{args.batches:8d} {result['seconds']:8.2f}"
+            f"{'source':>6} {'workers':>7} {'img/s':>9} {'img/s/worker':>13} {'batches':>8} "
+            f"{'seconds':>8} {'vs disk':>8}"
         )
+        for workers in (int(value) for value in args.workers.split(",")):
+            disk = None
+            for name, location in sources.items():
+                result = measure_loader(
+                    location,
+                    args.image_px,
+                    workers,
+                    args.batches,
+                    args.batch_size,
+                    args.resize_max_px,
+                )
+                disk = disk or result["img_per_s"]
+                print(
+                    f"{name:>6} {workers:7d} {result['img_per_s']:9.0f} "
+                    f"{result['img_per_s_per_worker']:13.0f} {args.batches:8d} "
+                    f"{result['seconds']:8.2f} {result['img_per_s'] / disk:8.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ganpaint.config import MaskConfig
+from ganpaint.data.remote import is_remote, mask
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import BASELINES, classical_fills, versus_best
 from ganpaint.eval.fid import (
@@ -187,7 +188,7 @@ def _check_inputs(
 ) -> None:
     if not Path(run).is_dir():
         raise UserError(f"run directory not found: {run}")
-    if not Path(shards).is_dir():
+    if not is_remote(shards) and not Path(shards).is_dir():  # a URL: read with retries
         raise UserError(f"shard directory not found: {shards}")
     if count < 1:
         raise UserError(f"--count must be >= 1, got {count}")
@@ -224,7 +225,7 @@ def eval_command(
     wanted = split
     split = held_out_split(shards, split)
     if split != wanted:
-        print(f"note: split {wanted!r} of {shards} is empty: scoring split {split!r}")
+        print(f"note: split {wanted!r} of {mask(shards)} is empty: scoring split {split!r}")
     folder = Path(run) / "eval"  # beside the run, wherever the command is run from
     holes_path = folder / f"holes-{mask_name}-{image_px}px-{count}-seed{seed}.pt"
     holes, reused = load_or_draw_hole_set(holes_path, mask_config, count, image_px, seed)
@@ -238,7 +239,8 @@ def eval_command(
     image_count = sum(bucket["count"] for bucket in evaluated.values())
     if image_count < count:
         print(
-            f"note: split {split!r} of {shards} holds {image_count} images, fewer than --count {count}"
+            f"note: split {split!r} of {mask(shards)} holds {image_count} images, fewer than "
+            f"--count {count}"
         )
     report = {
         "run": str(run),

@@ -18,6 +18,7 @@ from torchvision.utils import make_grid
 from ganpaint.completion import complete
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
+from ganpaint.data.remote import mask
 from ganpaint.data.stream import held_out_split, val_batch
 from ganpaint.errors import UserError
 from ganpaint.eval.baselines import classical_fills
@@ -33,7 +34,7 @@ VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training 
 class ValidationSet:
     images: torch.Tensor  # [N,3,H,W] float in [0,1]
     hole_mask: torch.Tensor  # [N,1,H,W]
-    latent: torch.Tensor  # generation families: fixed z [N, latent_dim]
+    latent: torch.Tensor | None  # generation families: fixed z [N, model.latent_dim]
     split: str = "val"  # the shard split the images come from
     tokens: torch.Tensor | None = None  # caption families: each image's first caption [N, T]
     # inpainting families: the classical fills' scores on these holes ({method: {metric: value}})
@@ -67,25 +68,26 @@ def load_validation_set(
     count = images.shape[0]
     if not count:
         raise UserError(
-            f"{data.shards}: no image of split {split!r} decodes: re-pack "
+            f"{mask(data.shards)}: no image of split {split!r} decodes: re-pack "
             "the shards, name another data.val_split, or set data.val_images=0 (no validation)"
         )
     seed = config.run.seed + VALIDATION_SEED_OFFSET
     holes = make_holes(
         config.masks, count, config.data.image_px, hole_generator(seed, 0, 0, device), device
     )
-    latent = torch.randn(
-        count,
-        config.model.latent_dim,
-        generator=torch.Generator(device).manual_seed(seed),
-        device=device,
-    )
-    baselines = {}
+    latent, baselines = None, {}
     if registry.get(config.model.family).inpaints:
         fills = classical_fills(images, holes.hole_mask, mean_rgb)
         baselines = {
             name: hole_scores(filled, images, holes.hole_mask) for name, filled in fills.items()
         }
+    else:  # a generation family: fixed latents of its model.latent_dim
+        latent = torch.randn(
+            count,
+            config.model.latent_dim,
+            generator=torch.Generator(device).manual_seed(seed),
+            device=device,
+        )
     return ValidationSet(images, holes.hole_mask, latent, split, tokens, baselines)
 
 
