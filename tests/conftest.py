@@ -41,8 +41,9 @@ TINY_DEFAULTS = {
     "masks.hole_max_px": 12,
     "model.width": 8,
     "model.disc_width": 8,
-    "model.fc_features": 32,
 }
+# Each family's own settings at the same tiny scale (a family refuses the others' keys).
+TINY_FAMILY_SETTINGS = {"glcic": {"model.fc_features": 32}}
 
 
 @pytest.fixture
@@ -54,7 +55,13 @@ def make_config(tmp_path):
     """
 
     def build(shards_dir, **overrides) -> config_module.TrainConfig:
-        values = {**TINY_DEFAULTS, "data.shards": str(shards_dir), "run.dir": str(tmp_path / "run")}
+        family = str(overrides.get("model.family", config_module.ModelConfig.family))
+        values = {
+            **TINY_DEFAULTS,
+            **TINY_FAMILY_SETTINGS.get(family, {}),
+            "data.shards": str(shards_dir),
+            "run.dir": str(tmp_path / "run"),
+        }
         if (
             "data.image_px" in overrides
             and not {"data.resize_min_px", "data.resize_max_px"} & overrides.keys()

@@ -406,8 +406,10 @@ def test_caption_family_trains_and_exports_in_bf16(caption_shards, tmp_path):
 def test_caption_family_needs_caption_data(caption_shards, tmp_path):
     with pytest.raises(ConfigError, match="data.captions"):
         caption_config(caption_shards, tmp_path, "data.captions=false")
-    with pytest.raises(ConfigError, match="takes no captions"):
+    with pytest.raises(ConfigError, match="'model.vocabulary_size': wgan_unet has no such setting"):
         caption_config(caption_shards, tmp_path, "model.family=wgan_unet")
+    with pytest.raises(ConfigError, match="takes no captions"):
+        config_lib.load(CONFIGS / "wgan_unet_coco.yaml", ["data.captions=true"])
     too_small = caption_config(caption_shards, tmp_path / "run", "model.vocabulary_size=8")
     with pytest.raises(UserError, match="model.vocabulary_size"):
         train(too_small)

@@ -1,5 +1,6 @@
 """Config loading: layers merge in order, and every kind of bad input fails at load in one line."""
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,7 @@ def test_save_round_trip_and_shaping_differences(tmp_path):
     config_lib.save(config, tmp_path / "config.yaml")
     assert config_lib.load(tmp_path / "config.yaml") == config
     assert config_lib.from_dict(config_lib.to_dict(config)) == config
+    assert pickle.loads(pickle.dumps(config)) == config  # the family's sections pickle too
     other = config_lib.load(None, ["model.width=32", "optim.generator_lr=0.1"])
     assert config_lib.shaping_differences(config, other) == ["model.width: 16 -> 32"]
 

@@ -430,9 +430,12 @@ def test_other_families_train_under_deepspeed(family, synthetic_shards, tmp_path
     stage, overrides, nan_calls = FAMILIES[family]
     ds_json = write_json(tmp_path / "ds.json", {"zero_optimization": {"stage": int(stage[-1])}})
     run_dir = tmp_path / "run"
+    # tiny.yaml is a GLCIC: the other families take its shared keys, not GLCIC's own
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY.read_text().replace(", fc_features: 32}", "}"))
     result = torchrun(
         train_script,
-        str(TINY),
+        str(tiny),
         f"data.shards={synthetic_shards}",
         f"run.dir={run_dir}",
         f"run.deepspeed_config={ds_json}",

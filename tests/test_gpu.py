@@ -59,7 +59,7 @@ def test_no_step_of_any_phase_waits_for_the_gpu(
 
     from ganpaint.data.masks import hole_generator
     from ganpaint.train.feed import device_batch
-    from ganpaint.train.steps import STEP_FUNCTIONS, micro_batches_per_step
+    from ganpaint.train.steps import STEP_FUNCTIONS, critic_steps, micro_batches_per_step
 
     overrides = {"model.family": family, **FAMILY_OVERRIDES[family], "run.mixed_precision": "bf16"}
     config = make_config(synthetic_shards, **overrides, **{"run.compile": compile_step})
@@ -71,7 +71,7 @@ def test_no_step_of_any_phase_waits_for_the_gpu(
     def step(index: int, phase) -> None:
         nonlocal sums
         generator = hole_generator(0, 0, index, device)
-        count = micro_batches_per_step(phase.kind, config.schedule.critic_steps, 1)
+        count = micro_batches_per_step(phase.kind, critic_steps(config.schedule), 1)
         batches = [device_batch(config, raw, generator, device) for _ in range(count)]
         losses = STEP_FUNCTIONS[phase.kind](state, settings, batches)
         state.health.end_step(index + 1, config.run.max_bad_steps)

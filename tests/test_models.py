@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ganpaint import cli
-from ganpaint.config import ModelConfig
+from ganpaint.config import ModelConfig, model_config
 from ganpaint.models import build_nets, example_inputs, registry
 from ganpaint.models.summary import count_parameters, forward_flops, layer_table, receptive_field
 
@@ -31,8 +31,12 @@ PAPER = {
 }
 
 
+# Each family's own settings at the same tiny scale (only the keys the family has).
+TINY_SETTINGS = {"glcic": {"fc_features": 16}, "dcgan": {"latent_dim": 10}}
+
+
 def tiny_model(family: str) -> ModelConfig:
-    return ModelConfig(family=family, width=8, disc_width=8, fc_features=16, latent_dim=10)
+    return model_config(family, width=8, disc_width=8, **TINY_SETTINGS.get(family, {}))
 
 
 def expected_output_px(family: str, image_px: int, local_px: int) -> int:
@@ -42,7 +46,7 @@ def expected_output_px(family: str, image_px: int, local_px: int) -> int:
 def meta_nets(family: str, image_px: int, local_px: int):
     """Paper-width nets on the meta device: shapes and parameters without memory or compute."""
     with torch.device("meta"):
-        return build_nets(ModelConfig(family=family), image_px, local_px)
+        return build_nets(model_config(family), image_px, local_px)
 
 
 # ---- shapes -----------------------------------------------------------------------------------
@@ -69,7 +73,7 @@ def test_tiny_nets_train_forward_backward(family):
 @pytest.mark.parametrize("family", ["context_encoder", "wgan_unet", "dcgan"])
 def test_paper_size_shapes(family):
     image_px, local_px = PAPER[family]
-    model = ModelConfig(family=family)
+    model = model_config(family)
     nets = build_nets(model, image_px, local_px)
     generator_inputs, discriminator_inputs = example_inputs(model, image_px, local_px, batch=2)
     with torch.no_grad():
@@ -81,7 +85,7 @@ def test_paper_size_shapes(family):
 
 @pytest.mark.slow
 def test_glcic_paper_size_shapes():
-    model = ModelConfig(family="glcic")
+    model = model_config("glcic")
     nets = build_nets(model, 256, 128)
     generator_inputs, discriminator_inputs = example_inputs(model, 256, 128, batch=1)
     with torch.no_grad():
@@ -269,7 +273,7 @@ def test_wgan_unet_layer_tables_match_the_write_up():
     nets = meta_nets("wgan_unet", 64, 32)
     generator_inputs, critic_inputs = (
         tuple(tensor.to("meta") for tensor in inputs)
-        for inputs in example_inputs(ModelConfig(family="wgan_unet"), 64, 32)
+        for inputs in example_inputs(model_config("wgan_unet"), 64, 32)
     )
 
     def rows(net, inputs):
@@ -373,7 +377,7 @@ def test_glcic_receptive_field():
 
 
 def test_dcgan_init():
-    nets = build_nets(ModelConfig(family="dcgan"), 64, 64)
+    nets = build_nets(model_config("dcgan"), 64, 64)
     weights = torch.cat(
         [
             module.weight.flatten()
@@ -429,8 +433,8 @@ def write_config(tmp_path, family: str) -> str:
     path.write_text(
         f"data:\n  image_px: {image_px}\n  resize_min_px: {image_px}\n  resize_max_px: {image_px}\n"
         f"masks:\n  {masks}\n"
-        f"model:\n  family: {family}\n  width: 8\n  disc_width: 8\n  fc_features: 16\n"
-        "  latent_dim: 10\n"
+        f"model:\n  family: {family}\n  width: 8\n  disc_width: 8\n"
+        + "".join(f"  {key}: {value}\n" for key, value in TINY_SETTINGS.get(family, {}).items())
     )
     return str(path)
 

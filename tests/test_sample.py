@@ -24,9 +24,10 @@ def make_run(run_dir: Path, family: str) -> Path:
         f"model.family={family}",
         "model.width=8",
         "model.disc_width=8",
-        "model.fc_features=16",
         f"run.dir={run_dir}",
     ]
+    if family == "glcic":
+        overrides.append("model.fc_features=16")
     if family == "dcgan":
         overrides += [
             "data.image_px=64",

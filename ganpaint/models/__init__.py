@@ -1,7 +1,8 @@
-"""The model zoo: the nets of every family, and the registry that declares each family.
+"""The model zoo: the nets of every family, each family's declaration beside them, and the registry.
 
-`registry.get(name)` returns a family's declaration (ganpaint/models/family.py); `build_nets` and
-`example_inputs` build and feed any family's nets from the model config.
+Importing this package registers every family (ganpaint/models/registry.py) with the config
+schema. `registry.get(name)` returns a family's declaration (ganpaint/models/family.py);
+`build_nets` and `example_inputs` build and feed any family's nets from the model config.
 """
 
 from __future__ import annotations

@@ -11,15 +11,25 @@ The write-up announces the variant without publishing it; ganpaint's choices:
 - Critic: the wgan_unet critic with a projection term (Miyato and Koyama 2018): score(patch,
   caption) = w . h + (V e) . h, h the 256 Conv5 features, e the caption vector. It has its own
   text encoder, so each net is trained by its own optimiser (and clamped with the critic's weights).
+
+The family (`FAMILY`, at the end) adds model.vocabulary_size and wgan_unet's schedule.critic_steps
+to the config.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from ganpaint.models.family import Family, Nets, PhasePlan, StepKind, require_positive
 from ganpaint.models.layers import scaled
-from ganpaint.models.wgan_unet import WGANCritic, WGANUNet
+from ganpaint.models.wgan_unet import CriticSettings, WGANCritic, WGANUNet, check_critic
+
+if TYPE_CHECKING:
+    from ganpaint.config import TrainConfig
 
 TEXT_FEATURES = 128  # embedding and GRU features at width 64
 
@@ -68,3 +78,34 @@ class CaptionCritic(nn.Module):
 
     def forward(self, patch: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.critic(patch, self.text(tokens))
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """The caption family's own model key."""
+
+    # rows of the word embedding; at least the shards' tokenizer vocabulary (ganpaint's
+    # tokenizers hold at most 10,000 words)
+    vocabulary_size: int = 10_000
+
+
+def check(config: TrainConfig) -> None:
+    """The critic's rule (`check_critic`), and an embedding of at least one row."""
+    check_critic(config)
+    require_positive("model.vocabulary_size", config.model.vocabulary_size)
+
+
+FAMILY = Family(
+    name="wgan_unet_caption",
+    summary="wgan_unet conditioned on COCO captions (text encoder trained from scratch)",
+    build=lambda model, image_px, local_px: Nets(
+        CaptionUNet(image_px, model.width, model.vocabulary_size),
+        CaptionCritic(local_px, model.disc_width, model.vocabulary_size),
+    ),
+    phases=(PhasePlan("joint", StepKind.CRITIC),),
+    model_settings=CaptionSettings,
+    schedule_settings=CriticSettings,
+    predicts_center=True,
+    captions=True,
+    check=check,
+)

@@ -12,6 +12,9 @@ Departures from the paper, all deliberate:
 - Output: (tanh + 1) / 2, the paper's tanh mapped to ganpaint's [0, 1]; the input is likewise mapped
   to the paper's [-1, 1] inside forward.
 - hole_mask is ignored, as in the paper: the encoder sees only the image with the centre filled.
+
+The family (`FAMILY`, at the end) has no settings of its own; its adversary is layers'
+DCGAN-style `StridedDiscriminator` on the predicted centre.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganpaint.models.family import Family, Nets, PhasePlan, StepKind
 from ganpaint.models.layers import (
     Row,
+    StridedDiscriminator,
     conv_block,
     halvings,
     init_weights,
@@ -72,3 +77,15 @@ class ContextEncoder(nn.Module):
     def forward(self, image_filled: torch.Tensor, hole_mask: torch.Tensor) -> torch.Tensor:
         code = self.bottleneck(self.encoder(image_filled * 2 - 1))
         return (torch.tanh(self.decoder(code)) + 1) / 2
+
+
+FAMILY = Family(
+    name="context_encoder",
+    summary="Pathak et al. 2016: encoder-decoder predicting the centre, DCGAN-style D",
+    build=lambda model, image_px, local_px: Nets(
+        ContextEncoder(image_px, local_px, model.width),
+        StridedDiscriminator(local_px, model.disc_width),
+    ),
+    phases=(PhasePlan("joint", StepKind.ADVERSARIAL),),
+    predicts_center=True,
+)

@@ -11,15 +11,22 @@ Departures from the paper, all deliberate:
 - Image sizes other than the paper's adapt the discriminators by one rule, `layers.halvings`: stride-2
   convs are stacked while the map stays >= 4 px (256 px: 6 convs, 128 px: 5, the paper's two
   cases; 160 px: 5 with a 5x5 final map; 96 px: 4 with 6x6).
+
+The family (`FAMILY`, at the end) adds model.fc_features and model.dilations to the config, and
+trains in the paper's three phases.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ganpaint.errors import ConfigError
+from ganpaint.models.family import Family, Nets, PhasePlan, StepKind, require_positive
 from ganpaint.models.layers import (
     Row,
     halvings,
@@ -28,6 +35,9 @@ from ganpaint.models.layers import (
     out_channels,
     take_rows,
 )
+
+if TYPE_CHECKING:
+    from ganpaint.config import ModelConfig, TrainConfig
 
 # Completion network, the paper's Table 1, row for row (channels at width 64).
 COMPLETION_NET = [
@@ -130,3 +140,54 @@ class GLCICDiscriminator(nn.Module):
     def forward(self, image: torch.Tensor, local_patch: torch.Tensor) -> torch.Tensor:
         joined = torch.cat([self.global_net(image), self.local_net(local_patch)], dim=1)
         return self.joint(joined).squeeze(1)
+
+
+@dataclass(frozen=True)
+class GLCICSettings:
+    """GLCIC's own model keys (model.fc_features, model.dilations)."""
+
+    fc_features: int = 1024  # the discriminators' fully connected width (paper: 1024)
+    # rates of the completion net's four dilated rows (paper: 2, 4, 8, 16 at 256 px)
+    dilations: list[int] = field(default_factory=lambda: list(PAPER_DILATIONS))
+
+
+def build(model: ModelConfig, image_px: int, local_px: int) -> Nets:
+    """The completion net and the global + local discriminators (`model` holds GLCICSettings)."""
+    return Nets(
+        CompletionNet(model.width, model.dilations),
+        GLCICDiscriminator(image_px, local_px, model.disc_width, model.fc_features),
+    )
+
+
+def check(config: TrainConfig) -> None:
+    """GLCIC's own rules: a local area of whole 16 px steps (the local discriminator's stride-2
+    rows), a positive fc_features, four dilation rates >= 1."""
+    if config.masks.local_px % 16:
+        raise ConfigError(
+            f"config key 'masks.local_px': must be a multiple of 16, got {config.masks.local_px}"
+        )
+    require_positive("model.fc_features", config.model.fc_features)
+    dilations = list(config.model.dilations)
+    if len(dilations) != len(PAPER_DILATIONS) or min(dilations) < 1:
+        raise ConfigError(
+            f"config key 'model.dilations': need {len(PAPER_DILATIONS)} rates >= 1 (the completion "
+            f"net's dilated rows), got {dilations}"
+        )
+
+
+FAMILY = Family(
+    name="glcic",
+    summary="Iizuka et al. 2017: dilated completion net, global + local discriminators",
+    build=build,
+    # Paper Sec. 3.3: C alone for Tc, D alone for Td, then jointly until T.
+    phases=(
+        PhasePlan("completion", StepKind.COMPLETION, lambda schedule: schedule.completion_steps),
+        PhasePlan(
+            "discriminator", StepKind.DISCRIMINATOR, lambda schedule: schedule.discriminator_steps
+        ),
+        PhasePlan("joint", StepKind.ADVERSARIAL),
+    ),
+    model_settings=GLCICSettings,
+    judges_whole_image=True,
+    check=check,
+)

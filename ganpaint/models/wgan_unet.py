@@ -14,7 +14,8 @@ convolution (Conv) or transposed convolution (TConv) of stride 2:
 
 Skips concatenate feature maps along channels (pix2pix): Conv3's map joins TConv1's before TConv2,
 Conv2's joins TConv2's before TConv3, as the in-shapes say. BN + ReLU after every hidden layer, no
-linear layer. 729,539 parameters at width 64 (the write-up: "about 0.73 M").
+linear layer. At width 64 these tables build 729,539 parameters (counted by `ganpaint models`; the
+write-up gives no count).
 
 Critic on the 32x32 centre patch: Conv1..Conv4 (32, 64, 96, 128 filters, 4x4 stride 2) take it to
 128 x 2 x 2, Conv5 (256 filters, 2x2) to 256 x 1 x 1; BN + ReLU after each. Its score is not
@@ -33,13 +34,20 @@ Departures from the write-up, and why:
   broadcast over the 4x4 bottleneck and concatenated to Conv4's map before TConv1; the critic adds
   a projection term <V condition, features> to its score (Miyato and Koyama 2018).
 hole_mask is not an input: the hole is always the centre square the net predicts.
+
+The family (`FAMILY`, at the end) adds schedule.critic_steps (`CriticSettings`, which the caption
+variant shares) to the config.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from ganpaint.models.family import Family, Nets, PhasePlan, StepKind, require_positive
 from ganpaint.models.layers import (
     Row,
     conv_block,
@@ -50,6 +58,9 @@ from ganpaint.models.layers import (
     scaled,
     take_rows,
 )
+
+if TYPE_CHECKING:
+    from ganpaint.config import TrainConfig
 
 # Channels are written at width 64, ganpaint's base width, so width 64 builds the tables as printed.
 ENCODER = [
@@ -155,3 +166,28 @@ class WGANCritic(nn.Module):
             projected = self.projection(condition.to(features.dtype))
             score = score + (projected * features).sum(dim=1)
         return score
+
+
+@dataclass(frozen=True)
+class CriticSettings:
+    """The schedule key of a family trained with a critic (StepKind.CRITIC phases)."""
+
+    critic_steps: int = 1  # critic updates per generator update (configs/wgan_unet_coco.yaml: 5)
+
+
+def check_critic(config: TrainConfig) -> None:
+    """The rule of a family with CriticSettings: at least one critic update per generator one."""
+    require_positive("schedule.critic_steps", config.schedule.critic_steps)
+
+
+FAMILY = Family(
+    name="wgan_unet",
+    summary="64 px COCO centre-hole U-Net with a weight-clipped WGAN critic",
+    build=lambda model, image_px, local_px: Nets(
+        WGANUNet(image_px, model.width), WGANCritic(local_px, model.disc_width)
+    ),
+    phases=(PhasePlan("joint", StepKind.CRITIC),),
+    schedule_settings=CriticSettings,
+    predicts_center=True,
+    check=check_critic,
+)

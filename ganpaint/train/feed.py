@@ -15,7 +15,7 @@ from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import train_loader
 from ganpaint.models import registry
 from ganpaint.train.schedule import Phase, phase_at
-from ganpaint.train.steps import Batch, micro_batches_per_step
+from ganpaint.train.steps import Batch, critic_steps, micro_batches_per_step
 
 
 def device_batch(
@@ -74,7 +74,7 @@ class DataFeed:
 
     def _micro_batches(self, phase: Phase) -> int:
         return micro_batches_per_step(
-            phase.kind, self.config.schedule.critic_steps, self.config.optim.grad_accum_steps
+            phase.kind, critic_steps(self.config.schedule), self.config.optim.grad_accum_steps
         )
 
     def batches_before(self, step: int) -> int:

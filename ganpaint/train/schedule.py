@@ -1,12 +1,12 @@
 """Training phases as data: which step kind runs at a given step, derived from the step alone.
 
-A family declares its phases in order (ganpaint/models/registry.py); each has a length taken from
-the schedule config, the last one runs until schedule.total_steps. GLCIC (Iizuka et al. 2017,
-Sec. 3.3) trains the completion network alone for Tc steps, the discriminators alone for Td, then
-both jointly until T; the other families train jointly from step 0. schedule.reconstruction_only
-makes any inpainting run one phase of the generator alone on its reconstruction loss (the WGAN
-U-Net write-up's "L2 only"). Nothing here is stored in a checkpoint: the phase is recomputed from
-the step on resume.
+A family declares its phases in order (its `FAMILY` in ganpaint/models/); each has a length read
+from the schedule config (`PhasePlan.length`), the last one runs until schedule.total_steps.
+GLCIC (Iizuka et al. 2017, Sec. 3.3) trains the completion network alone for Tc steps, the
+discriminators alone for Td, then both jointly until T; the other families train jointly from
+step 0. schedule.reconstruction_only makes any inpainting run one phase of the generator alone on
+its reconstruction loss (the WGAN U-Net write-up's "L2 only"). Nothing here is stored in a
+checkpoint: the phase is recomputed from the step on resume.
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ def phases(family: Family, schedule: ScheduleConfig) -> tuple[Phase, ...]:
         return (Phase(1, "completion", StepKind.COMPLETION, 0, schedule.total_steps),)
     candidates, start = [], 0
     for number, plan in enumerate(family.phases, start=1):
-        end = (
-            start + getattr(schedule, plan.length_key) if plan.length_key else schedule.total_steps
-        )
+        end = start + plan.length(schedule) if plan.length else schedule.total_steps
         end = min(end, schedule.total_steps)
         candidates.append(Phase(number, plan.name, plan.kind, start, end))
         start = end

@@ -22,7 +22,7 @@ from torch import nn
 
 from ganpaint import losses
 from ganpaint.completion import HoleFill, complete
-from ganpaint.config import LossConfig
+from ganpaint.config import LossConfig, ScheduleConfig
 from ganpaint.data.masks import crop_local
 from ganpaint.models import Family, StepKind
 from ganpaint.train.backend import Losses, TrainState
@@ -257,6 +257,12 @@ STEP_FUNCTIONS: dict[StepKind, StepFunction] = {
     StepKind.CRITIC: critic_step,
     StepKind.GENERATION: generation_step,
 }
+
+
+def critic_steps(schedule: ScheduleConfig) -> int:
+    """Critic updates per generator update: schedule.critic_steps, a setting of the families with
+    CRITIC phases only (wgan_unet.CriticSettings); 1 for the others, whose D updates once."""
+    return getattr(schedule, "critic_steps", 1)
 
 
 def micro_batches_per_step(kind: StepKind, critic_steps: int, accumulation: int) -> int:
