@@ -21,7 +21,7 @@ def train(config, overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Train a preset name, a YAML path or a `TrainConfig` (with dotted.key=value overrides) in
     this process; resumes like the console script. Returns the run directory."""
     from ganpaint import config as config_lib
-    from ganpaint.train.loop import train as train_loop
+    from ganpaint.training.loop import train as train_loop
 
     if not isinstance(config, config_lib.TrainConfig):
         config = config_lib.load(config, list(overrides))
@@ -33,8 +33,8 @@ def train(config, overrides: list[str] | tuple[str, ...] = ()) -> Path:
 def load(path: str | Path, device: str = "auto"):
     """The exported generator of a run directory or an export file, as an `Exported`: its
     `.generator`, `.config`, `.family` and `.complete(images, hole_mask)` for batched tensors."""
-    from ganpaint.eval.runs import resolve_device
-    from ganpaint.export import load_generator
+    from ganpaint.infer.export import load_generator
+    from ganpaint.infer.runs import resolve_device
 
     return load_generator(path, resolve_device(device))
 
@@ -48,7 +48,7 @@ def inpaint(
 ) -> np.ndarray:
     """Fill `hole` (bool [H, W], True = fill) of `image` (uint8 RGB [H, W, 3], any size) with
     `model` (from `load`, or a path to load). Pixels outside the hole come back unchanged."""
-    from ganpaint.inpaint import check_hole, inpaint_pixels
+    from ganpaint.infer.inpaint import check_hole, inpaint_pixels
 
     if isinstance(model, str | Path):
         model = load(model)

@@ -2,8 +2,8 @@
 
 Each subcommand imports its module lazily (torch alone costs seconds) and receives plain keyword
 arguments. A `UserError` (or a file-system `OSError`) anywhere below is printed as one line and
-exits with status 2; train.py prints the same way (`errors.error_line`: one line of at most
-400 characters).
+exits with status 2 (`errors.error_line`: one line of at most 400 characters); train.py is this
+entry with the `train` command.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
 from ganpaint import __version__
 from ganpaint.errors import UserError, describe_os_error, print_error
@@ -57,7 +58,7 @@ def _train(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EPILOG,
     )
     add_train_arguments(p)
-    p.set_defaults(handler="ganpaint.train.loop:train_command")
+    p.set_defaults(handler="ganpaint.training.loop:train_command")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,11 +131,11 @@ def _inpaint(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--caption", help="caption models: what the image shows, e.g. 'a red bus'")
     _max_megapixels(p)
-    p.set_defaults(handler="ganpaint.inpaint:inpaint_command")
+    p.set_defaults(handler="ganpaint.infer.inpaint:inpaint_command")
 
 
 def _max_megapixels(p: argparse.ArgumentParser) -> None:
-    # SUPPRESS leaves the handler's own default (ganpaint.images.DEFAULT_MAX_MEGAPIXELS) in force
+    # SUPPRESS leaves the handler's own default (ganpaint.infer.images.DEFAULT_MAX_MEGAPIXELS) in force
     p.add_argument(
         "--max-megapixels",
         type=float,
@@ -172,7 +173,7 @@ def _sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="latent seed")
     p.add_argument("--interpolate", type=int, default=0, help="K pairs of latent interpolations")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.set_defaults(handler="ganpaint.sample:sample_command")
+    p.set_defaults(handler="ganpaint.infer.sample:sample_command")
 
 
 def _bench(sub: argparse._SubParsersAction) -> None:
@@ -192,7 +193,7 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loader-only", action="store_true", help="loader img/s per worker count")
     p.add_argument("--workers", default="1,2", help="loader-only: worker counts to try")
     p.add_argument("--json", dest="json_out", help="also write the rows here")
-    p.set_defaults(handler="ganpaint.bench:bench_command")
+    p.set_defaults(handler="ganpaint.training.bench:bench_command")
 
 
 def _quality(sub: argparse._SubParsersAction) -> None:
@@ -255,31 +256,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# How gloo reports a collective whose peer process has ended.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _process_count() -> int:
+    """The launcher's process count (1 without a launcher; a malformed one is refused later)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() else 1
+
+
+def main(argv: list[str] | None = None, program: str = "ganpaint") -> int:
+    """Parse, dispatch, and turn every failure into one line and an exit status, on every rank:
+    a rank that raised must leave (its peers' collectives then fail too, and the launcher stops
+    the rest). `program` names the entry point in those lines (train.py under a launcher)."""
+    where = f"{program} (rank {os.environ.get('RANK', 0)})" if _process_count() > 1 else program
     args = vars(build_parser().parse_args(argv))
     module_name, function_name = args.pop("handler").split(":")
-    args.pop("command")
+    command = args.pop("command")
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
         return int(handler(**args) or 0)
     except UserError as error:
-        print_error("ganpaint", str(error))
+        print_error(where, str(error))
         return 2
     except OSError as error:
-        print_error("ganpaint", describe_os_error(error))
+        print_error(where, describe_os_error(error))
         return 2
     except KeyboardInterrupt:
-        print("ganpaint: interrupted", file=sys.stderr)
+        kept = " (the newest complete checkpoint is kept)" if command == "train" else ""
+        print(f"{where}: interrupted{kept}", file=sys.stderr)
         return 130
+    except Exception as error:
+        if any(words in str(error) for words in PEER_GONE):
+            print_error(where, "another process ended, so this one stops (that process says why)")
+            return 1
+        traceback.print_exc()  # a bug: its traceback is what a report needs
+        print_error(where, f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}")
+        return 1
 
 
-def run() -> None:
-    """The console script: `main()`, and after a failure or an interrupt, leave without waiting
-    for child processes. A data loader worker ignores the stop signals (ganpaint/data/stream.py),
-    so one caught mid-start by the error could otherwise block the interpreter's exit for ever;
-    orphaned, it ends by itself within seconds."""
-    status = main()
-    if status:
+def run(argv: list[str] | None = None, program: str = "ganpaint") -> None:
+    """The console script and train.py: `main()`, then leave. After a failure or an interrupt,
+    leave without waiting for child processes: a data loader worker ignores the stop signals
+    (ganpaint/data/stream.py), so one caught mid-start by the error could otherwise block the
+    interpreter's exit for ever (orphaned, it ends by itself within seconds). With several
+    processes, leave at once too: gloo can abort at interpreter shutdown after all work is done,
+    and by then the process group is torn down and the streams are flushed."""
+    status = main(argv, program)
+    if status or _process_count() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -168,7 +168,7 @@ def _evaluate(run_dir: str, packed: dict[str, Path], output: Path, hole_seeds: i
     """`ganpaint eval` of the run on every held-out tile set, once per hole seed (one draw of holes
     on ~100 tiles moves the fills' means by a few tenths of a dB: the seeds average that out);
     the last lines sum them up."""
-    from ganpaint.eval.baselines import versus_best
+    from ganpaint.baselines import versus_best
     from ganpaint.eval.evaluate import eval_command
 
     tile_sets = [name for name in packed if name != "shards"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import SlurmCluster
 
-from ganpaint.train.stop import marker_path
+from ganpaint.training.stop import marker_path
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 JOB_TIMEOUT_S = 240

@@ -7,6 +7,7 @@ import importlib
 import numpy as np
 
 import ganpaint
+from ganpaint import api
 from ganpaint.models import registry
 
 
@@ -20,8 +21,12 @@ def test_train_load_inpaint_from_python(synthetic_shards, make_config, tmp_path)
         },
     )
     run_dir = ganpaint.train(config)
-    for submodule in ("ganpaint.inpaint", "ganpaint.train.loop"):  # must not shadow the API
+    for submodule in (
+        "ganpaint.infer.inpaint",
+        "ganpaint.training.loop",
+    ):  # must not shadow the API
         importlib.import_module(submodule)
+    assert (ganpaint.train, ganpaint.load, ganpaint.inpaint) == (api.train, api.load, api.inpaint)
 
     run_again = ganpaint.train(config)  # resumes at the end: nothing left to train
     assert run_again == run_dir

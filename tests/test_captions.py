@@ -21,11 +21,11 @@ from ganpaint.data.captions import TOKENIZER_FILE, CaptionTokens, load_tokenizer
 from ganpaint.data.shards import pack
 from ganpaint.data.stream import iterate_split, train_loader
 from ganpaint.errors import UserError
-from ganpaint.export import load_generator
-from ganpaint.inpaint import caption_tokens
+from ganpaint.infer.export import load_generator
+from ganpaint.infer.inpaint import caption_tokens
 from ganpaint.models.caption import CaptionCritic, CaptionUNet, TextEncoder
-from ganpaint.train import checkpoint
-from ganpaint.train.loop import train
+from ganpaint.training import checkpoint
+from ganpaint.training.loop import train
 
 # Saturated colours (RGB) an object in the image centre may take: the surroundings never show it,
 # so only the caption tells which.
@@ -456,7 +456,7 @@ def test_two_processes_train_the_caption_family_identically_and_resume(caption_s
 
 def test_bench_feeds_random_captions(synthetic_shards, tmp_path):
     """`ganpaint bench` on the caption family: random word ids stand in for captions."""
-    from ganpaint.bench import run_bench
+    from ganpaint.training.bench import run_bench
 
     config = caption_config(synthetic_shards, tmp_path / "run", "data.batch_size=4")
     (row,) = run_bench(config, [], steps=1, warmup=0, data="synthetic")

@@ -105,7 +105,7 @@ def test_train_cli_rejects_bad_key_before_any_work(tmp_path):
 
 def test_launcher_precision_and_cpu_trap_are_refused_in_one_line():
     from ganpaint.config import RunConfig
-    from ganpaint.train.setup import check_launcher
+    from ganpaint.training.setup import check_launcher
 
     bf16 = RunConfig(mixed_precision="bf16")
     check_launcher(bf16, {"ACCELERATE_MIXED_PRECISION": "bf16"})  # agree
@@ -123,7 +123,7 @@ def test_launcher_precision_and_cpu_trap_are_refused_in_one_line():
 def test_loader_workers_are_capped_at_the_cores_of_a_process():
     import os
 
-    from ganpaint.train.setup import fit_workers
+    from ganpaint.training.setup import fit_workers
 
     cores = len(os.sched_getaffinity(0))
     config = config_lib.load(None, [f"data.workers={cores + 4}"])

@@ -26,8 +26,9 @@ from test_distributed import ROOT, TINY, digests, launch, parameters_only  # noq
 from ganpaint import config as config_lib  # noqa: E402
 from ganpaint.config import ConfigError, RunConfig  # noqa: E402
 from ganpaint.errors import UserError  # noqa: E402
-from ganpaint.train import checkpoint, deepspeed, integrity  # noqa: E402
-from ganpaint.train.setup import deepspeed_requested, make_backend  # noqa: E402
+from ganpaint.training import checkpoint, deepspeed, integrity  # noqa: E402
+from ganpaint.training.backend import BatchGeometry  # noqa: E402
+from ganpaint.training.setup import deepspeed_requested, make_backend  # noqa: E402
 
 # Trains like tests/scripts/rank_digest.py (digests of every rank's parameters at each checkpoint
 # save); NAN_CALLS="2,3" makes those calls of losses.masked_mse return NaN.
@@ -36,8 +37,8 @@ import os, sys
 sys.path.insert(0, {scripts!r})
 import rank_digest  # noqa: F401
 from ganpaint import config as config_lib, losses
-from ganpaint.train.distributed import shutdown
-from ganpaint.train.loop import train
+from ganpaint.training.distributed import shutdown
+from ganpaint.training.loop import train
 
 nan_calls = {{int(n) for n in os.environ.get("NAN_CALLS", "").split(",") if n}}
 real_mse, calls = losses.masked_mse, [0]
@@ -163,7 +164,8 @@ def test_plugins_take_the_batch_geometry_from_the_training_config(tmp_path, monk
     # From a JSON that leaves the batch keys out: filled from the training config.
     path = write_json(tmp_path / "ds.json", {"zero_optimization": {"stage": 2}})
     plugin = deepspeed.make_plugin(RunConfig(deepspeed_config=path, mixed_precision="bf16"))
-    deepspeed.set_batch_geometry(plugin, config, processes=2)
+    batch = BatchGeometry(config.data.batch_size, config.optim.grad_accum_steps)
+    deepspeed.set_batch_geometry(plugin, batch, 2, RunConfig(deepspeed_config=path))
     ds_config = plugin.deepspeed_config
     assert (
         ds_config["train_batch_size"],
@@ -182,7 +184,7 @@ def test_plugins_take_the_batch_geometry_from_the_training_config(tmp_path, monk
     with pytest.raises(
         ConfigError, match="gradient_accumulation_steps is 1 but optim.grad_accum_steps makes it 2"
     ):
-        deepspeed.set_batch_geometry(plugin, config, processes=2)
+        deepspeed.set_batch_geometry(plugin, batch, 2, RunConfig(mixed_precision="bf16"))
 
 
 def test_deepspeed_settings_refused_before_any_process_group(tmp_path, monkeypatch):

@@ -15,15 +15,15 @@ from skimage.metrics import structural_similarity
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ganpaint import config as config_lib
+from ganpaint.baselines import mean_fill, telea_fill
 from ganpaint.cli import main
 from ganpaint.data.stream import iterate_split, read_manifest
 from ganpaint.errors import UserError
 from ganpaint.eval import metrics
-from ganpaint.eval.baselines import mean_fill, telea_fill
 from ganpaint.eval.evaluate import evaluate
 from ganpaint.eval.fid import frechet_distance, kernel_inception_distance, load_inception
 from ganpaint.eval.report import print_table
-from ganpaint.export import load_generator, save_export
+from ganpaint.infer.export import load_generator, save_export
 from ganpaint.models import build_nets
 
 

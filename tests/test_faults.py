@@ -28,9 +28,9 @@ from ganpaint.data.batches import ErrorCount, read_samples
 from ganpaint.data.manifest import ManifestError, read_manifest
 from ganpaint.errors import UserError
 from ganpaint.models.layers import plain_module
-from ganpaint.train import checkpoint, integrity
-from ganpaint.train.loop import StopSignals, train
-from ganpaint.train.setup import build_state, make_backend
+from ganpaint.training import checkpoint, integrity
+from ganpaint.training.loop import StopSignals, train
+from ganpaint.training.setup import build_state, make_backend
 
 ROOT = Path(__file__).parent.parent
 TINY = ROOT / "tests" / "scripts" / "tiny.yaml"

@@ -34,8 +34,8 @@ from test_faults import (
 )
 
 from ganpaint.config import load as load_config
-from ganpaint.train import checkpoint, integrity
-from ganpaint.train.loop import StopSignals
+from ganpaint.training import checkpoint, integrity
+from ganpaint.training.loop import StopSignals
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ganpaint.train.loop import train
+from ganpaint.training.loop import train
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,13 +34,16 @@ def test_glcic_trains_through_its_phases_on_the_gpu(compile_step, synthetic_shar
 
 def _step_parts(config):
     """What the loop runs each step: state, settings, phases, and the device-batch builder."""
-    from ganpaint.train.schedule import phases
-    from ganpaint.train.setup import build_state, make_backend, step_settings
+    from ganpaint.models import registry
+    from ganpaint.training.schedule import phases
+    from ganpaint.training.setup import build_state, make_backend, step_settings
 
     backend = make_backend(config.run)
     device = backend.accelerator.device
     state = build_state(config, backend)
-    settings = step_settings(config, torch.full((3,), 0.5), device)
+    settings = step_settings(
+        config, registry.get(config.model.family), torch.full((3,), 0.5), device
+    )
     return state, settings, phases(settings.family, config.schedule), device
 
 
@@ -58,8 +61,8 @@ def test_no_step_of_any_phase_waits_for_the_gpu(
     from test_train import FAMILY_OVERRIDES
 
     from ganpaint.data.masks import hole_generator
-    from ganpaint.train.feed import device_batch
-    from ganpaint.train.steps import STEP_FUNCTIONS, critic_steps, micro_batches_per_step
+    from ganpaint.training.feed import device_batch
+    from ganpaint.training.steps import STEP_FUNCTIONS, critic_steps, micro_batches_per_step
 
     overrides = {"model.family": family, **FAMILY_OVERRIDES[family], "run.mixed_precision": "bf16"}
     config = make_config(synthetic_shards, **overrides, **{"run.compile": compile_step})
@@ -72,7 +75,9 @@ def test_no_step_of_any_phase_waits_for_the_gpu(
         nonlocal sums
         generator = hole_generator(0, 0, index, device)
         count = micro_batches_per_step(phase.kind, critic_steps(config.schedule), 1)
-        batches = [device_batch(config, raw, generator, device) for _ in range(count)]
+        batches = [
+            device_batch(config, settings.family, raw, generator, device) for _ in range(count)
+        ]
         losses = STEP_FUNCTIONS[phase.kind](state, settings, batches)
         state.health.end_step(index + 1, config.run.max_bad_steps)
         sums = sums + sum(value for value in losses.values())

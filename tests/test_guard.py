@@ -8,8 +8,9 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ganpaint.train.backend import DDPBackend
-from ganpaint.train.guard import Health
+from ganpaint.config import RunConfig
+from ganpaint.training.backend import DDPBackend
+from ganpaint.training.guard import Health
 
 
 def small_net() -> nn.Module:
@@ -26,7 +27,7 @@ OPTIMIZERS = {
 
 @pytest.fixture(scope="module")
 def backend() -> DDPBackend:
-    return DDPBackend(Accelerator(cpu=True))
+    return DDPBackend(Accelerator(cpu=True), RunConfig(cpu=True))
 
 
 def run(

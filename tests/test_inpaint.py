@@ -13,11 +13,11 @@ from PIL import Image, ImageOps
 from skimage import data
 
 from ganpaint import config as config_lib
-from ganpaint.blend import poisson_blend
 from ganpaint.cli import main
 from ganpaint.data.captions import build_tokenizer
-from ganpaint.export import save_export
-from ganpaint.images import EXIF_ORIENTATION, decode_image
+from ganpaint.infer.blend import poisson_blend
+from ganpaint.infer.export import save_export
+from ganpaint.infer.images import EXIF_ORIENTATION, decode_image
 from ganpaint.models import build_nets, registry
 
 TINY = ["model.width=8", "model.disc_width=8"]

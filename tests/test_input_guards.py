@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from test_inpaint import make_run, photo, run_inpaint, write
 
 from ganpaint.errors import UserError
-from ganpaint.images import decode_image
+from ganpaint.infer.images import decode_image
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import torch
 
 from ganpaint.config import LogConfig
-from ganpaint.train.log import RunLogger
+from ganpaint.training.log import RunLogger
 
 
 def _logger(run_dir, start_step: int = 0) -> RunLogger:

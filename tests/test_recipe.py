@@ -13,15 +13,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from ganpaint import config as config_lib
+from ganpaint.baselines import best_baseline, versus_best
 from ganpaint.completion import TENSION, HoleFill, complete
 from ganpaint.config import ConfigError
-from ganpaint.eval.baselines import best_baseline, versus_best
 from ganpaint.models import build_nets, registry
 from ganpaint.models.glcic import PAPER_DILATIONS, CompletionNet
 from ganpaint.models.residual import ResidualGenerator
 from ganpaint.models.summary import describe
-from ganpaint.train.loop import train
-from ganpaint.train.setup import learning_rate_factor
+from ganpaint.training.loop import train
+from ganpaint.training.setup import learning_rate_factor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CENTRE = {"masks.kind": "center", "masks.hole_min_px": 16, "masks.hole_max_px": 16}

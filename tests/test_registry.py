@@ -13,9 +13,9 @@ from torch import nn
 
 from ganpaint import config as config_lib
 from ganpaint.config import ConfigError
-from ganpaint.export import load_generator
+from ganpaint.infer.export import load_generator
 from ganpaint.models import Family, Nets, PhasePlan, StepKind, registry
-from ganpaint.train.loop import train
+from ganpaint.training.loop import train
 
 PACKAGE = Path(__file__).parent.parent / "ganpaint"
 
@@ -154,8 +154,10 @@ def test_no_family_name_outside_the_registry():
 
 def test_no_deepspeed_branch_in_steps_checkpoint_or_loop():
     for name in ("steps.py", "checkpoint.py", "loop.py", "feed.py"):
-        text = (PACKAGE / "train" / name).read_text()
-        assert "import deepspeed" not in text and "from ganpaint.train import deepspeed" not in text
+        text = (PACKAGE / "training" / name).read_text()
+        assert (
+            "import deepspeed" not in text and "from ganpaint.training import deepspeed" not in text
+        )
         assert ".deepspeed" not in text, name
 
 

@@ -38,7 +38,7 @@ from ganpaint.data.serve_http import ShardRequestHandler, serve
 from ganpaint.data.shards import pack
 from ganpaint.data.stream import iterate_split, read_manifest, train_loader, val_batch
 from ganpaint.errors import UserError
-from ganpaint.train.loop import train
+from ganpaint.training.loop import train
 
 # --- helpers -------------------------------------------------------------------------------------
 

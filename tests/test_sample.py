@@ -11,9 +11,9 @@ from PIL import Image
 
 from ganpaint import config as config_lib
 from ganpaint.cli import main
-from ganpaint.export import save_export
+from ganpaint.infer.export import save_export
+from ganpaint.infer.sample import INTERPOLATION_STEPS, slerp
 from ganpaint.models import build_nets
-from ganpaint.sample import INTERPOLATION_STEPS, slerp
 
 PADDING = 2  # torchvision.utils.make_grid's default
 

@@ -2,7 +2,7 @@
 
 from ganpaint.config import ScheduleConfig
 from ganpaint.models import StepKind, registry
-from ganpaint.train.schedule import boundaries, phase_at, phases
+from ganpaint.training.schedule import boundaries, phase_at, phases
 
 
 def test_glcic_three_phases_at_paper_boundaries():

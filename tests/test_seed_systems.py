@@ -14,18 +14,18 @@ from safetensors.torch import load_file
 
 from ganpaint import cli
 from ganpaint import config as config_lib
+from ganpaint.baselines import BASELINES
 from ganpaint.config import ConfigError
 from ganpaint.data.shards import pack
 from ganpaint.data.stream import train_loader
-from ganpaint.eval.baselines import BASELINES
-from ganpaint.export import load_generator
-from ganpaint.inpaint import inpaint_pixels
+from ganpaint.infer.export import load_generator
+from ganpaint.infer.inpaint import inpaint_pixels
 from ganpaint.losses import masked_mse, overlap_mse
 from ganpaint.models import StepKind, build_nets, registry
-from ganpaint.train.loop import train
-from ganpaint.train.schedule import phases
-from ganpaint.train.setup import step_settings
-from ganpaint.train.validation import load_validation_set, run_validation
+from ganpaint.training.loop import train
+from ganpaint.training.schedule import phases
+from ganpaint.training.setup import step_settings
+from ganpaint.training.validation import load_validation_set, run_validation
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 CELEBA_TRAIN_IMAGES = 162_770
@@ -176,9 +176,10 @@ def test_validation_scores_the_net_beside_every_classical_fill(synthetic_shards,
     reports = {}
     for fill in ("zero", "mean", "harmonic"):
         config = make_config(synthetic_shards, **{**CENTRE, "model.hole_fill": fill})
-        validation = load_validation_set(config, torch.device("cpu"), mean_rgb)
+        family = registry.get(config.model.family)
+        validation = load_validation_set(config, family, torch.device("cpu"), mean_rgb)
         generator = build_nets(config.model, 32, 16).generator
-        settings = step_settings(config, mean_rgb, torch.device("cpu"))
+        settings = step_settings(config, family, mean_rgb, torch.device("cpu"))
         scalars, _ = run_validation(generator, settings, validation)
         baselines = BASELINES
         assert set(scalars) == {

@@ -28,8 +28,8 @@ from test_input_guards import BOMB
 from ganpaint.cli import main
 from ganpaint.completion import biharmonic_fill, harmonic_fill, tension_fill
 from ganpaint.errors import UserError
-from ganpaint.inpaint import tensor_to_uint8
-from ganpaint.windows import Window
+from ganpaint.infer.inpaint import tensor_to_uint8
+from ganpaint.infer.windows import Window
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from serve_page import multipart, serving  # noqa: E402

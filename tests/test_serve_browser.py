@@ -46,7 +46,7 @@ def trained_run(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory
         pytest.fail(f"the browser test must run here: {reason}")
     if reason:
         pytest.skip(reason)
-    from ganpaint.train.loop import train_command
+    from ganpaint.training.loop import train_command
 
     run = tmp_path_factory.mktemp("browser") / "run"
     overrides = [f"data.shards={synthetic_shards}", f"run.dir={run}", *TINY_TRAINING]

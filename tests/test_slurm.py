@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from slurm_cluster import SlurmCluster, install
 from slurm_jobs import JOB_TIMEOUT_S, TINY_JOB, Job, Timeline, finished, logged_at, step_processes
 
-from ganpaint.train import checkpoint
-from ganpaint.train.stop import marker_path
+from ganpaint.training import checkpoint
+from ganpaint.training.stop import marker_path
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 import ganpaint
 from ganpaint import losses
 from ganpaint.errors import UserError
-from ganpaint.train import checkpoint
-from ganpaint.train.loop import TrainingDiverged, train
-from ganpaint.train.stop import marker_path
+from ganpaint.training import checkpoint
+from ganpaint.training.loop import TrainingDiverged, train
+from ganpaint.training.stop import marker_path
 
 ROOT = Path(__file__).parent.parent
 

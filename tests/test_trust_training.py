@@ -34,13 +34,13 @@ from ganpaint.errors import (
     describe_os_error,
     error_line,
 )
-from ganpaint.export import save_export
+from ganpaint.infer.export import save_export
 from ganpaint.models.layers import plain_module
-from ganpaint.train import checkpoint, integrity, loop
-from ganpaint.train import lock as lock_module
-from ganpaint.train.rendezvous import check_launch_variables
-from ganpaint.train.rollback import WeightsDiverged
-from ganpaint.train.setup import build_state, make_backend
+from ganpaint.training import checkpoint, integrity, loop
+from ganpaint.training import lock as lock_module
+from ganpaint.training.rendezvous import check_launch_variables
+from ganpaint.training.rollback import WeightsDiverged
+from ganpaint.training.setup import build_state, make_backend
 
 # Six steps of phase 1 (the generator alone): checkpoints at 2, 4 and 6.
 SIX_STEPS = {
@@ -178,7 +178,7 @@ def test_the_finite_check_covers_optimiser_state(synthetic_shards, make_config, 
 def test_an_export_is_refused_with_non_finite_weights_and_written_as_a_set(
     synthetic_shards, make_config, tmp_path, monkeypatch
 ):
-    from ganpaint import export
+    from ganpaint.infer import export
     from ganpaint.models import build_nets
 
     config = make_config(synthetic_shards)
@@ -212,8 +212,8 @@ POISON_RANK_ONE = """
 import os, sys
 import torch
 from ganpaint import config as config_lib
-from ganpaint.train import loop
-from ganpaint.train.distributed import shutdown
+from ganpaint.training import loop
+from ganpaint.training.distributed import shutdown
 
 calls = [0]
 
@@ -327,7 +327,7 @@ def test_a_second_trainer_of_a_run_dir_is_refused_while_the_first_trains_on(
 
 LOCK_AND_WAIT = """
 import sys, time
-from ganpaint.train.lock import acquire
+from ganpaint.training.lock import acquire
 held = acquire(sys.argv[1])  # kept: the lock lives as long as its file object
 print("locked", flush=True)
 time.sleep(600)
@@ -483,7 +483,7 @@ COLLECTIVE_AFTER_A_LONG_WAIT = """
 import os, sys, time
 import torch.distributed as dist
 from ganpaint.config import RunConfig
-from ganpaint.train.setup import make_backend
+from ganpaint.training.setup import make_backend
 
 make_backend(RunConfig(cpu=True, rendezvous_timeout_s=float(sys.argv[1])))
 if dist.get_rank() == 0:
@@ -604,7 +604,7 @@ def test_a_write_that_runs_out_of_space_removes_its_partial_files(
 ):
     """The estimate passes (another process fills the disk meanwhile): safetensors and torch.save
     fail with their own errors, reported as the same one line, step-N.tmp removed."""
-    from ganpaint.train.backend import DDPBackend
+    from ganpaint.training.backend import DDPBackend
 
     monkeypatch.setattr(DDPBackend, "checkpoint_bytes", lambda self, state: 0)
     monkeypatch.setattr(checkpoint, "CHECKPOINT_SLACK_BYTES", 0)
@@ -632,7 +632,8 @@ def test_a_write_that_runs_out_of_space_removes_its_partial_files(
 def test_an_export_that_does_not_fit_leaves_the_previous_one_whole(
     synthetic_shards, make_config, small_disk, monkeypatch
 ):
-    from ganpaint import export, files
+    from ganpaint import files
+    from ganpaint.infer import export
     from ganpaint.models import build_nets
 
     config = make_config(synthetic_shards, **{"model.width": 32, "model.disc_width": 32})

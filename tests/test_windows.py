@@ -16,11 +16,9 @@ import pytest
 from skimage import data
 from test_inpaint import make_run, read, run_inpaint, write
 
-from ganpaint.export import load_generator
-from ganpaint.inpaint import predict_window
-from ganpaint.models.glcic import CompletionNet
-from ganpaint.models.summary import _positive_probe
-from ganpaint.windows import (
+from ganpaint.infer.export import load_generator
+from ganpaint.infer.inpaint import predict_window
+from ganpaint.infer.windows import (
     MAX_GROUPS,
     NetGeometry,
     Window,
@@ -28,10 +26,14 @@ from ganpaint.windows import (
     plan_windows,
     receptive_radius_px,
 )
+from ganpaint.models.glcic import CompletionNet
+from ganpaint.models.summary import _positive_probe
 
 ROOT = Path(__file__).parent.parent
 # glcic trained on 32 px crops with holes up to 12 px: reach 6 px, receptive radius 155 px
-GLCIC = NetGeometry(predicts_center=False, context_px=155, trained_reach_px=6.0, image_px=32)
+GLCIC = NetGeometry(
+    predicts_center=False, size_multiple=4, context_px=155, trained_reach_px=6.0, image_px=32
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,7 @@ import multiprocessing, os, sys, threading
 import numpy as np
 from ganpaint import config
 from ganpaint.data.stream import train_loader
-from ganpaint.windows import NetGeometry, plan_windows
+from ganpaint.infer.windows import NetGeometry, plan_windows
 
 def give_up():
     for child in multiprocessing.active_children():
@@ -147,7 +149,7 @@ def give_up():
 
 hole = np.zeros((37, 53), bool)
 hole[10:20, 10:30] = True
-plan_windows(hole, NetGeometry(False, 155, 6.0, 32), "test")
+plan_windows(hole, NetGeometry(False, 4, 155, 6.0, 32), "test")
 data = config.load(None, [f"data.shards={sys.argv[1]}", "data.workers=2", "data.image_px=32",
                           "data.resize_min_px=32", "data.resize_max_px=40"]).data
 threading.Timer(60, give_up).start()

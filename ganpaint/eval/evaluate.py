@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ganpaint.baselines import BASELINES, classical_fills, versus_best
 from ganpaint.config import MaskConfig
 from ganpaint.data.remote import is_remote, mask
 from ganpaint.errors import UserError
-from ganpaint.eval.baselines import BASELINES, classical_fills, versus_best
 from ganpaint.eval.fid import (
     FeatureExtractor,
     frechet_distance,
@@ -32,9 +32,9 @@ from ganpaint.eval.fid import (
 )
 from ganpaint.eval.metrics import area_bucket, image_metrics, summarize
 from ganpaint.eval.report import print_table, write_tensorboard
-from ganpaint.eval.runs import open_model, resolve_device
-from ganpaint.export import Exported
 from ganpaint.files import atomic_path, write_text_atomically
+from ganpaint.infer.export import Exported
+from ganpaint.infer.runs import open_model, resolve_device
 from ganpaint.models import Family
 
 METHODS = ("model", *BASELINES)

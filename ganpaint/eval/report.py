@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ganpaint.eval.baselines import BASELINES
+from ganpaint.baselines import BASELINES
 
 COLUMNS = {
     "model": "model",

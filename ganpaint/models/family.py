@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class StepKind(enum.Enum):
-    """What one training step of a phase updates (ganpaint/train/steps.py has one function each)."""
+    """What one training step of a phase updates (ganpaint/training/steps.py has one function each)."""
 
     COMPLETION = "completion"  # the generator alone on the reconstruction loss (GLCIC phase 1)
     DISCRIMINATOR = "discriminator"  # the discriminator alone, generator frozen (GLCIC phase 2)
@@ -84,6 +84,8 @@ class Family:
       (the generator after hole_mask, the discriminator last), from an embedding of
       model.vocabulary_size rows; the data stream yields them (data.captions) and
       `ganpaint inpaint --caption` encodes the user's text.
+    - size_multiple: a fully convolutional generator's input sides must be a multiple of this
+      (its overall stride): inference pads photo windows to it.
     - phases: in training order; `check(config)` raises ConfigError for settings or geometry the
       nets cannot take, after the rules `validate` applies to every family of its kind.
     """
@@ -98,6 +100,7 @@ class Family:
     predicts_center: bool = False
     judges_whole_image: bool = False
     captions: bool = False
+    size_multiple: int = 1
     check: ConfigCheck = no_rules
 
     def settings(self) -> dict[str, type]:

@@ -189,5 +189,6 @@ FAMILY = Family(
     ),
     model_settings=GLCICSettings,
     judges_whole_image=True,
+    size_multiple=4,  # the completion net halves the resolution twice
     check=check,
 )

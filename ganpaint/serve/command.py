@@ -10,8 +10,8 @@ from __future__ import annotations
 import socket
 
 from ganpaint.errors import UserError
-from ganpaint.eval.runs import resolve_device
-from ganpaint.images import DEFAULT_MAX_MEGAPIXELS
+from ganpaint.infer.images import DEFAULT_MAX_MEGAPIXELS
+from ganpaint.infer.runs import resolve_device
 from ganpaint.serve.limits import DEFAULT_QUEUE, EVERY_INTERFACE, MAX_QUEUE, allowed_hosts
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

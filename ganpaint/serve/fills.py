@@ -25,13 +25,12 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from ganpaint.baselines import telea_inpaint_uint8
 from ganpaint.completion import biharmonic_fill, harmonic_fill, pyramid_fill, tension_fill
 from ganpaint.errors import UserError
-from ganpaint.eval.baselines import telea_inpaint_uint8
-from ganpaint.eval.runs import open_model
-from ganpaint.export import GENERATOR_FILE, Exported
-from ganpaint.images import decode_image, encode_image
-from ganpaint.inpaint import (
+from ganpaint.infer.export import GENERATOR_FILE, Exported
+from ganpaint.infer.images import decode_image, encode_image
+from ganpaint.infer.inpaint import (
     WARN_BELOW_SCALE,
     WindowFill,
     fill_pixels,
@@ -39,7 +38,8 @@ from ganpaint.inpaint import (
     model_fill,
     tensor_to_uint8,
 )
-from ganpaint.windows import NetGeometry, Window, net_geometry, plan_windows
+from ganpaint.infer.runs import open_model
+from ganpaint.infer.windows import NetGeometry, Window, net_geometry, plan_windows
 
 PHOTO, MASK = "the photo", "the painted mask"
 # The most pixels a smooth solve runs on: 256 x 256 costs about 0.5 s per CG solve on 2 cores.

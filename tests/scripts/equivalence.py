@@ -15,11 +15,12 @@ from safetensors.torch import save_file
 
 from ganpaint import config as config_lib
 from ganpaint.data.masks import hole_generator, make_holes
+from ganpaint.models import registry
 from ganpaint.models.layers import plain_module
-from ganpaint.train.distributed import shutdown
-from ganpaint.train.schedule import phases
-from ganpaint.train.setup import build_state, make_backend, step_settings
-from ganpaint.train.steps import STEP_FUNCTIONS, Batch
+from ganpaint.training.distributed import shutdown
+from ganpaint.training.schedule import phases
+from ganpaint.training.setup import build_state, make_backend, step_settings
+from ganpaint.training.steps import STEP_FUNCTIONS, Batch
 
 SLICES = 2  # the global batch is cut in this many slices: ranks, or accumulated micro-batches
 TINY = [
@@ -67,7 +68,8 @@ def main(out: str, overrides: list[str]) -> None:
     backend = make_backend(config.run)
     accelerator = backend.accelerator
     state = build_state(config, backend)
-    settings = step_settings(config, torch.full((3,), 0.5), accelerator.device)
+    family = registry.get(config.model.family)
+    settings = step_settings(config, family, torch.full((3,), 0.5), accelerator.device)
     run_phases = phases(settings.family, config.schedule)
     initial = parameters(state)
     for step, batch in enumerate(global_batch(config, config.schedule.total_steps)):

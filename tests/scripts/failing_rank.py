@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ganpaint.errors import UserError
-from ganpaint.train import loop
+from ganpaint.training import loop
 
 TRAIN_PY = Path(__file__).parent.parent.parent / "train.py"
 fail_rank, fail_step = int(os.environ["FAIL_RANK"]), int(os.environ["FAIL_STEP"])

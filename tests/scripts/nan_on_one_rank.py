@@ -11,8 +11,8 @@ import rank_digest  # noqa: F401  (beside this script: parameter digests at ever
 
 from ganpaint import config as config_lib
 from ganpaint import losses
-from ganpaint.train.distributed import shutdown
-from ganpaint.train.loop import train
+from ganpaint.training.distributed import shutdown
+from ganpaint.training.loop import train
 
 real_mse, calls = losses.masked_mse, [0]
 

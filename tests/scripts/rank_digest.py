@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ganpaint import config as config_lib
 from ganpaint.models.layers import plain_module
-from ganpaint.train import checkpoint
-from ganpaint.train.distributed import shutdown
-from ganpaint.train.loop import train
+from ganpaint.training import checkpoint
+from ganpaint.training.distributed import shutdown
+from ganpaint.training.loop import train
 
 real_save = checkpoint.save
 

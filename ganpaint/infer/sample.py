@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ganpaint.errors import UserError
-from ganpaint.eval.runs import open_model, resolve_device
+from ganpaint.infer.runs import open_model, resolve_device
 
 INTERPOLATION_STEPS = 8  # images per interpolation row, both ends included
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ganpaint.errors import UserError
-from ganpaint.export import Exported, load_generator
+from ganpaint.infer.export import Exported, load_generator
 
 
 def resolve_device(name: str) -> torch.device:

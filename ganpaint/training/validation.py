@@ -15,17 +15,17 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
+from ganpaint.baselines import classical_fills
 from ganpaint.completion import complete
 from ganpaint.config import TrainConfig
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.remote import mask
 from ganpaint.data.stream import held_out_split, val_batch
 from ganpaint.errors import UserError
-from ganpaint.eval.baselines import classical_fills
 from ganpaint.eval.metrics import psnr, ssim
-from ganpaint.models import registry
+from ganpaint.models import Family
 from ganpaint.models.layers import evaluating
-from ganpaint.train.steps import StepSettings
+from ganpaint.training.steps import StepSettings
 
 VALIDATION_SEED_OFFSET = 7919  # keeps validation holes apart from any training step's holes
 
@@ -52,7 +52,7 @@ def hole_scores(
 
 
 def load_validation_set(
-    config: TrainConfig, device: torch.device, mean_rgb: torch.Tensor
+    config: TrainConfig, family: Family, device: torch.device, mean_rgb: torch.Tensor
 ) -> ValidationSet:
     """The fixed batch (data.val_images >= 1) and, for inpainting families, the classical fills'
     scores on it (`mean_rgb`: the mean fill's colour, [3] in [0, 1]); UserError (one line) if no
@@ -76,7 +76,7 @@ def load_validation_set(
         config.masks, count, config.data.image_px, hole_generator(seed, 0, 0, device), device
     )
     latent, baselines = None, {}
-    if registry.get(config.model.family).inpaints:
+    if family.inpaints:
         fills = classical_fills(images, holes.hole_mask, mean_rgb)
         baselines = {
             name: hole_scores(filled, images, holes.hole_mask) for name, filled in fills.items()

@@ -13,13 +13,14 @@ import torch
 from ganpaint.config import TrainConfig, micro_batch_size
 from ganpaint.data.masks import hole_generator, make_holes
 from ganpaint.data.stream import train_loader
-from ganpaint.models import registry
-from ganpaint.train.schedule import Phase, phase_at
-from ganpaint.train.steps import Batch, critic_steps, micro_batches_per_step
+from ganpaint.models import Family
+from ganpaint.training.schedule import Phase, phase_at
+from ganpaint.training.steps import Batch, critic_steps, micro_batches_per_step
 
 
 def device_batch(
     config: TrainConfig,
+    family: Family,
     raw: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     generator: torch.Generator,
     device: torch.device,
@@ -38,7 +39,7 @@ def device_batch(
     count = images.shape[0]
     holes = make_holes(config.masks, count, config.data.image_px, generator, device)
     latent = None
-    if not registry.get(config.model.family).inpaints:
+    if not family.inpaints:
         latent = torch.randn(count, config.model.latent_dim, generator=generator, device=device)
     # hole_mask has one channel, so it is already channels_last-contiguous.
     return Batch(images, holes.hole_mask, holes.local_origin, latent, tokens)
@@ -60,12 +61,13 @@ class DataFeed:
     def __init__(
         self,
         config: TrainConfig,
+        family: Family,
         rank: int,
         world: int,
         device: torch.device,
         run_phases: tuple[Phase, ...],
     ):
-        self.config, self.run_phases = config, run_phases
+        self.config, self.family, self.run_phases = config, family, run_phases
         self.rank, self.world, self.device = rank, world, device
         self.local_batch = micro_batch_size(config, world)
         self.stream: Iterator[tuple[object, int]] | None = None
@@ -117,6 +119,6 @@ class DataFeed:
         self.next_step = step + 1
         generator = hole_generator(self.config.run.seed, self.rank, step, self.device)
         return [
-            device_batch(self.config, self._next(), generator, self.device)
+            device_batch(self.config, self.family, self._next(), generator, self.device)
             for _ in range(self._micro_batches(phase_at(step, self.run_phases)))
         ]

@@ -3,7 +3,7 @@
 A step receives what training changes (`TrainState`: nets, optimisers, health), what stays fixed
 (`StepSettings`: family, loss weights, geometry, hole fill) and a list of micro-batches (more than
 one under gradient accumulation; WGAN takes `critic_steps` groups of them). It updates the net(s)
-of its phase through the backend (ganpaint/train/backend.py: DDP or DeepSpeed, never asked which)
+of its phase through the backend (ganpaint/training/backend.py: DDP or DeepSpeed, never asked which)
 and returns a dict of scalar tensors, still on the device.
 
 Logit conventions: discriminators return logits; adversarial losses are BCE-with-logits.
@@ -25,7 +25,7 @@ from ganpaint.completion import HoleFill, complete
 from ganpaint.config import LossConfig, ScheduleConfig
 from ganpaint.data.masks import crop_local
 from ganpaint.models import Family, StepKind
-from ganpaint.train.backend import Losses, TrainState
+from ganpaint.training.backend import Losses, TrainState
 
 
 @dataclass

@@ -27,11 +27,12 @@ from ganpaint.config import TrainConfig, micro_batch_size
 from ganpaint.data.masks import hole_generator
 from ganpaint.data.remote import mask
 from ganpaint.errors import UserError
-from ganpaint.train import schedule
-from ganpaint.train.backend import Backend, TrainState
-from ganpaint.train.feed import DataFeed, device_batch
-from ganpaint.train.setup import build_state, compiles, make_backend, step_settings
-from ganpaint.train.steps import (
+from ganpaint.models import Family, registry
+from ganpaint.training import schedule
+from ganpaint.training.backend import Backend, TrainState
+from ganpaint.training.feed import DataFeed, device_batch
+from ganpaint.training.setup import build_state, compiles, make_backend, step_settings
+from ganpaint.training.steps import (
     STEP_FUNCTIONS,
     Batch,
     StepSettings,
@@ -58,7 +59,7 @@ def _synchronize(device: torch.device) -> None:
 class SyntheticFeed:
     """Fixed random batches on the device: the step alone, with no input pipeline."""
 
-    def __init__(self, config: TrainConfig, device: torch.device, local_batch: int):
+    def __init__(self, config: TrainConfig, family: Family, device: torch.device, local_batch: int):
         px = config.data.image_px
         generator = hole_generator(config.run.seed, 0, 0, device)
         raw = torch.randint(
@@ -69,7 +70,7 @@ class SyntheticFeed:
             vocabulary = config.model.vocabulary_size
             words = torch.randint(2, vocabulary, shape, device=device, generator=generator)
             raw = (raw, words)
-        self.batch = device_batch(config, raw, generator, device)
+        self.batch = device_batch(config, family, raw, generator, device)
 
     def batches(self, step: int, count: int) -> list[Batch]:
         return [self.batch] * count
@@ -78,10 +79,11 @@ class SyntheticFeed:
 class ShardFeed:
     """The training loop's own feed (loader, decode, masks): end to end from shards."""
 
-    def __init__(self, config: TrainConfig, state: TrainState, run_phases):
+    def __init__(self, config: TrainConfig, family: Family, state: TrainState, run_phases):
         accelerator = state.accelerator
         self.feed = DataFeed(
             config,
+            family,
             accelerator.process_index,
             accelerator.num_processes,
             accelerator.device,
@@ -200,15 +202,18 @@ def run_bench(
         config = replace(config, data=replace(config.data, shards=data))
     backend = make_backend(config.run)
     device = backend.accelerator.device
+    family = registry.get(config.model.family)
     state = build_state(config, backend)
-    settings = step_settings(config, torch.full((3,), 0.5), device)
-    run_phases = schedule.phases(settings.family, config.schedule)
+    settings = step_settings(config, family, torch.full((3,), 0.5), device)
+    run_phases = schedule.phases(family, config.schedule)
     local_batch = micro_batch_size(config, backend.accelerator.num_processes)
     feeds = {}
     if data == "synthetic" or compare:
-        feeds["synthetic"] = SyntheticFeed(config, device, local_batch)
+        feeds["synthetic"] = SyntheticFeed(config, family, device, local_batch)
     if data != "synthetic":
-        feeds[mask(data)] = ShardFeed(config, state, run_phases)  # a URL's credentials masked
+        feeds[mask(data)] = ShardFeed(
+            config, family, state, run_phases
+        )  # a URL's credentials masked
     peak = device_peak_tflops(device)
     rows = []
     for phase in run_phases:

@@ -37,14 +37,11 @@ DISCRIMINATOR_FILE = "discriminator.safetensors"
 @dataclass
 class Exported:
     generator: nn.Module  # eval mode, on the requested device
+    family: Family  # the declaration of config.model.family, resolved once when loading
     config: TrainConfig
     mean_rgb: tuple[float, float, float]
     step: int
     tokenizer: object | None = None  # caption families: the `tokenizers.Tokenizer` trained with
-
-    @property
-    def family(self) -> Family:
-        return registry.get(self.config.model.family)
 
     @property
     def conditioning(self) -> str:
@@ -342,6 +339,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Expo
             file, f"this is a discriminator; inference needs the generator ({GENERATOR_FILE})"
         )
     config = _metadata_config(meta, file)
+    family = registry.get(config.model.family)  # validated with the config: a known family
     _metadata_sizes(config, file)
     mean_rgb = _metadata_mean(meta, file)
     step = meta.get("step")
@@ -349,7 +347,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Expo
         raise _refusal(file, "metadata 'step' must be a whole number >= 0")
     generator = _generator_from(config, state, file).to(device).eval()
     tokenizer = _metadata_tokenizer(meta, file) if "tokenizer" in meta else None
-    return Exported(generator, config, mean_rgb, step, tokenizer)
+    return Exported(generator, family, config, mean_rgb, step, tokenizer)
 
 
 def _metadata_tokenizer(meta: dict, file: Path) -> object:

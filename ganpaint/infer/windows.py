@@ -29,9 +29,8 @@ import numpy as np
 from torch import nn
 
 from ganpaint.errors import UserError
-from ganpaint.export import Exported
+from ganpaint.infer.export import Exported
 
-NET_MULTIPLE = 4  # the glcic completion net halves the resolution twice
 BLEND_CONTEXT_PX = 8  # the Poisson blend's margin past the hole (5) plus OpenCV's ring (3)
 MAX_GROUPS = 64
 
@@ -41,6 +40,7 @@ class NetGeometry:
     """What the windows need to know about a net."""
 
     predicts_center: bool
+    size_multiple: int  # fully convolutional nets: input sides a multiple of this (the family's)
     context_px: int  # glcic: receptive radius at the net's scale
     trained_reach_px: float  # farthest a trained hole pixel lies from known pixels
     image_px: int  # the training crop: the input side of centre nets
@@ -69,10 +69,10 @@ def receptive_radius_px(generator: nn.Module) -> int:
     """Half the receptive field of a sequential convolutional net, from its layers' shapes.
 
     Each convolution widens the field by (kernel - 1) x dilation input steps, each transposed
-    convolution by (ceil(kernel / stride) - 1); strides change the step. One NET_MULTIPLE is added:
-    the exact field depends on the pixel's position modulo the stride (glcic: 299-303 px).
+    convolution by (ceil(kernel / stride) - 1); strides change the step. The overall stride is
+    added: the exact field depends on the pixel's position modulo the stride (glcic: 299-303 px).
     """
-    field, step = 1.0, 1.0
+    field, step, total_stride = 1.0, 1.0, 1.0
     for layer in generator.modules():
         if isinstance(layer, nn.ConvTranspose2d):
             kernel, stride = layer.kernel_size[0], layer.stride[0]
@@ -81,7 +81,8 @@ def receptive_radius_px(generator: nn.Module) -> int:
         elif isinstance(layer, nn.Conv2d):
             field += (layer.kernel_size[0] - 1) * layer.dilation[0] * step
             step *= layer.stride[0]
-    return math.ceil(field / 2) + NET_MULTIPLE
+        total_stride = max(total_stride, step)
+    return math.ceil(field / 2) + math.ceil(total_stride)
 
 
 @dataclass
@@ -134,10 +135,11 @@ def _glcic_window(group: _Group, geometry: NetGeometry, height: int, width: int)
     scale = min(1.0, geometry.trained_reach_px / max(group.reach, 1e-6))
     margin = math.ceil(geometry.context_px / scale)
     # stride-aligned origin: at scale 1 the net's downsampling grid matches the whole image's
-    top = max(0, (group.top - margin) // NET_MULTIPLE * NET_MULTIPLE)
-    left = max(0, (group.left - margin) // NET_MULTIPLE * NET_MULTIPLE)
-    bottom = min(height, -(-(group.bottom + margin) // NET_MULTIPLE) * NET_MULTIPLE)
-    right = min(width, -(-(group.right + margin) // NET_MULTIPLE) * NET_MULTIPLE)
+    multiple = geometry.size_multiple
+    top = max(0, (group.top - margin) // multiple * multiple)
+    left = max(0, (group.left - margin) // multiple * multiple)
+    bottom = min(height, -(-(group.bottom + margin) // multiple) * multiple)
+    right = min(width, -(-(group.right + margin) // multiple) * multiple)
     return Window(top, bottom, left, right, scale)
 
 
@@ -207,6 +209,7 @@ def net_geometry(exported: Exported) -> NetGeometry:
     predicts_center = exported.family.predicts_center
     return NetGeometry(
         predicts_center=predicts_center,
+        size_multiple=exported.family.size_multiple,
         context_px=0 if predicts_center else receptive_radius_px(generator),
         trained_reach_px=exported.config.masks.hole_max_px / 2,
         image_px=exported.config.data.image_px,

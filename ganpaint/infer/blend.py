@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ganpaint.eval.baselines import telea_inpaint_uint8
+from ganpaint.baselines import telea_inpaint_uint8
 
 # The Poisson region reaches this far past the hole: OpenCV erodes the clone mask by ~3 px, and
 # the rest keeps the solve's boundary on known pixels.

@@ -33,7 +33,7 @@ from accelerate import Accelerator
 
 from ganpaint.errors import UserError
 from ganpaint.files import reporting_full_disk
-from ganpaint.train.distributed import main_process_value
+from ganpaint.training.distributed import main_process_value
 
 LOCK_NAME = ".lock"
 

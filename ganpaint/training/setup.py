@@ -17,10 +17,16 @@ from torch import nn
 
 from ganpaint.completion import HoleFill
 from ganpaint.config import ConfigError, OptimConfig, RunConfig, TrainConfig
-from ganpaint.models import build_nets, registry
-from ganpaint.train import rendezvous
-from ganpaint.train.backend import Backend, DDPBackend, TrainState, accelerate_precision
-from ganpaint.train.steps import StepSettings, critic_steps
+from ganpaint.models import Family, build_nets
+from ganpaint.training import rendezvous
+from ganpaint.training.backend import (
+    Backend,
+    BatchGeometry,
+    DDPBackend,
+    TrainState,
+    accelerate_precision,
+)
+from ganpaint.training.steps import StepSettings, critic_steps
 
 
 def deepspeed_requested(run: RunConfig) -> bool:
@@ -34,7 +40,7 @@ def _backend_class(run: RunConfig) -> type[Backend]:
     if not deepspeed_requested(run):
         return DDPBackend
     try:  # optional dependency: imported only when asked for
-        from ganpaint.train.deepspeed import DeepSpeedBackend
+        from ganpaint.training.deepspeed import DeepSpeedBackend
     except ImportError as error:
         raise ConfigError(
             f"DeepSpeed was requested (ACCELERATE_USE_DEEPSPEED or "
@@ -104,7 +110,7 @@ def make_backend(run: RunConfig, trackers: list[str] | tuple[str, ...] = ()) -> 
             f"accelerate started {accelerator.num_processes} process(es) but "
             f"WORLD_SIZE is {expected}: check the launch configuration"
         )
-    return backend_class(accelerator)
+    return backend_class(accelerator, run)
 
 
 def build_optimizer(name: str, parameters, lr: float, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -174,16 +180,17 @@ def build_state(config: TrainConfig, backend: Backend) -> TrainState:
         mode = config.run.compile_mode
         nets.generator = torch.compile(nets.generator, mode=mode)
         nets.discriminator = torch.compile(nets.discriminator, mode=mode)
-    return backend.prepare(config, nets, optimizers)
+    batch = BatchGeometry(config.data.batch_size, config.optim.grad_accum_steps)
+    return backend.prepare(nets, optimizers, batch)
 
 
 def step_settings(
-    config: TrainConfig, fill_rgb: torch.Tensor, device: torch.device
+    config: TrainConfig, family: Family, fill_rgb: torch.Tensor, device: torch.device
 ) -> StepSettings:
     """What the step functions need besides the state, fixed for the run; `fill_rgb` is the
     colour of a constant hole fill (model.hole_fill mean or zero)."""
     return StepSettings(
-        family=registry.get(config.model.family),
+        family=family,
         loss=config.loss,
         local_px=config.masks.local_px,
         hole_fill=HoleFill.of(config.model, fill_rgb.to(device)),

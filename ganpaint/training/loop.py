@@ -6,9 +6,9 @@ directory's newest checkpoint. SIGTERM, SIGUSR1 (SLURM's warning before the time
 lets the loop train on to its next log tick (at most log.every_steps steps, where all ranks agree to stop),
 save a checkpoint there and return normally, so a requeued job carries on.
 
-One trainer holds the run directory at a time (ganpaint/train/lock.py). Weights or optimiser state
+One trainer holds the run directory at a time (ganpaint/training/lock.py). Weights or optimiser state
 gone inf/NaN are never saved: the save that finds them rolls the run back to its newest checkpoint
-instead (ganpaint/train/rollback.py), a bounded number of times.
+instead (ganpaint/training/rollback.py), a bounded number of times.
 """
 
 from __future__ import annotations
@@ -24,26 +24,26 @@ from accelerate import Accelerator
 from torchvision.utils import save_image
 
 from ganpaint import config as config_lib
+from ganpaint.baselines import versus_best
 from ganpaint.config import TrainConfig
 from ganpaint.data.captions import training_tokenizer
 from ganpaint.data.manifest import check_split, read_manifest
 from ganpaint.data.remote import configure as configure_remote
 from ganpaint.errors import UserError, WeightsNotFinite
-from ganpaint.eval.baselines import versus_best
-from ganpaint.export import save_export
 from ganpaint.files import atomic_path, reporting_full_disk
-from ganpaint.models import registry
+from ganpaint.infer.export import save_export
+from ganpaint.models import build_nets, registry
 from ganpaint.models.layers import plain_module
-from ganpaint.train import checkpoint
-from ganpaint.train.backend import TrainState
-from ganpaint.train.distributed import sum_over_ranks
-from ganpaint.train.feed import DataFeed
-from ganpaint.train.guard import HealthReading
-from ganpaint.train.lock import RunLock, acquire_on_rank_zero
-from ganpaint.train.log import RunLogger
-from ganpaint.train.rollback import Rollbacks
-from ganpaint.train.schedule import Phase, boundaries, phase_at, phases
-from ganpaint.train.setup import (
+from ganpaint.training import checkpoint
+from ganpaint.training.backend import TrainState
+from ganpaint.training.distributed import shutdown, sum_over_ranks
+from ganpaint.training.feed import DataFeed
+from ganpaint.training.guard import HealthReading
+from ganpaint.training.lock import RunLock, acquire_on_rank_zero
+from ganpaint.training.log import RunLogger
+from ganpaint.training.rollback import Rollbacks
+from ganpaint.training.schedule import Phase, boundaries, phase_at, phases
+from ganpaint.training.setup import (
     build_state,
     compiles,
     fit_workers,
@@ -51,9 +51,9 @@ from ganpaint.train.setup import (
     set_learning_rates,
     step_settings,
 )
-from ganpaint.train.steps import STEP_FUNCTIONS
-from ganpaint.train.stop import write_marker
-from ganpaint.train.validation import (
+from ganpaint.training.steps import STEP_FUNCTIONS
+from ganpaint.training.stop import write_marker
+from ganpaint.training.validation import (
     ValidationSet,
     load_validation_set,
     run_validation,
@@ -176,7 +176,7 @@ def train(config: TrainConfig, resume_from: str | Path | None = None) -> Path:
 
     Resumes from the run directory's newest checkpoint, or from `resume_from` (a checkpoint
     directory of this run) when given. The run directory is locked for the run's life
-    (ganpaint/train/lock.py): a second trainer of the same directory is refused in one line."""
+    (ganpaint/training/lock.py): a second trainer of the same directory is refused in one line."""
     held: list[RunLock] = []
     try:
         return _train(config, resume_from, held)
@@ -192,6 +192,7 @@ def _train(config: TrainConfig, resume_from: str | Path | None, held: list[RunLo
     backend = make_backend(config.run, others)
     accelerator = backend.accelerator
     config_lib.validate(config, accelerator.num_processes)
+    family = registry.get(config.model.family)  # resolved once; everything below receives it
     run_dir = Path(config.run.dir)
     _check_run_dir(run_dir)
     changes = _settings_changes(config, run_dir)
@@ -203,18 +204,18 @@ def _train(config: TrainConfig, resume_from: str | Path | None, held: list[RunLo
         val_manifest = read_manifest(val_shards) if config.data.val_shards else manifest
         check_split(val_manifest, val_shards, config.data.val_split)
     tokenizer = None  # caption families: the shards' tokenizer, exported with the generator
-    if registry.get(config.model.family).captions:
+    if family.captions:
         tokenizer = training_tokenizer(config.data.shards, config.model.vocabulary_size)
     fill_rgb = torch.zeros(3) if config.model.hole_fill == "zero" else mean_rgb
     state = build_state(config, backend)
-    settings = step_settings(config, fill_rgb, accelerator.device)
-    run_phases = phases(settings.family, config.schedule)
+    settings = step_settings(config, family, fill_rgb, accelerator.device)
+    run_phases = phases(family, config.schedule)
     phase_ends = boundaries(run_phases)
     total = config.schedule.total_steps
 
     validation = None  # data.val_images 0: no validation grids or figures
     if accelerator.is_main_process and config.data.val_images:
-        validation = load_validation_set(config, accelerator.device, mean_rgb)
+        validation = load_validation_set(config, family, accelerator.device, mean_rgb)
 
     # One trainer per run directory, from before anything writes into it (the resume may set
     # damaged checkpoints aside) to the end; a run refused above leaves no directory behind.
@@ -247,6 +248,7 @@ def _train(config: TrainConfig, resume_from: str | Path | None, held: list[RunLo
         logger.message(note)
     feed = DataFeed(
         loader_config,
+        family,
         accelerator.process_index,
         accelerator.num_processes,
         accelerator.device,
@@ -347,7 +349,9 @@ def _train(config: TrainConfig, resume_from: str | Path | None, held: list[RunLo
         # run run again with a non-finite checkpoint stops there in one line).
         save(step)
         # On every rank: gathering the fp32 master weights is a collective under DeepSpeed.
-        nets = backend.export_nets(state, config)
+        nets = backend.export_nets(
+            state, lambda: build_nets(config.model, config.data.image_px, config.masks.local_px)
+        )
         if accelerator.is_main_process:
             save_export(
                 run_dir / "export",
@@ -422,4 +426,5 @@ def train_command(
         raise UserError(f"--resume-from {resume_from}: not a checkpoint directory (no state.json)")
     # --resume reads the run's own config.yaml, which an earlier version may have written
     train(config_lib.load(config, overrides, saved=bool(resume)), resume_from=resume_from)
+    shutdown()  # every rank done (only on success: a failed rank must not wait in a barrier)
     return 0

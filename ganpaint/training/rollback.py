@@ -18,10 +18,10 @@ from pathlib import Path
 
 from ganpaint.config import TrainConfig
 from ganpaint.errors import UserError, WeightsNotFinite
-from ganpaint.train import checkpoint
-from ganpaint.train.backend import TrainState
-from ganpaint.train.distributed import main_process_value
-from ganpaint.train.log import RunLogger
+from ganpaint.training import checkpoint
+from ganpaint.training.backend import TrainState
+from ganpaint.training.distributed import main_process_value
+from ganpaint.training.log import RunLogger
 
 ADVICE = "lower the learning rate or check the data"
 

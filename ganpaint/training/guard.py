@@ -11,7 +11,7 @@ The loss check cannot see everything: a finite loss whose gradients overflow, or
 large enough to overflow the update, leaves inf or NaN in the weights. So every checkpoint and
 export first checks all weights and optimiser state (`finite_flags`: one fused check per save,
 never per step), and a run whose state went non-finite rolls back instead of saving it
-(ganpaint/train/rollback.py).
+(ganpaint/training/rollback.py).
 """
 
 from __future__ import annotations

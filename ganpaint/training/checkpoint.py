@@ -4,15 +4,15 @@ atomically, the newest K kept; resume takes the newest usable one and never star
 Layout: RUN/checkpoints/step-00001000/{generator,discriminator}.safetensors, optimizers.pt (optimiser
 and loss-scaler state: tensors and plain values only, read back with weights_only=True), state.json
 (step, resolved config, health counters) and complete.json, the integrity record
-(ganpaint/train/integrity.py) written last. The nets and optimisers are written by the training
-backend (ganpaint/train/backend.py): DDP as above, DeepSpeed as the engines' own files in
+(ganpaint/training/integrity.py) written last. The nets and optimisers are written by the training
+backend (ganpaint/training/backend.py): DDP as above, DeepSpeed as the engines' own files in
 step-N/{generator,discriminator}/. state.json records which backend wrote them and the facts a
 resume must match ("backend": name, processes, ...).
 
 Saving writes step-N.tmp and renames it to step-N (an existing step-N is moved aside first and
 deleted after), so a crash mid-save never touches a complete checkpoint; leftovers are removed by
 the next save. Before writing, a save checks that every weight and optimiser state tensor is
-finite (a non-finite run is rolled back instead, ganpaint/train/rollback.py) and that the
+finite (a non-finite run is rolled back instead, ganpaint/training/rollback.py) and that the
 checkpoint fits in the free space; a write that fails for lack of space anyway removes its
 step-N.tmp and ends the run in one line naming the path and the space left. Resuming (every rank; rank 0 decides, the others load what it chose):
 - the newest checkpoint whose record matches is loaded. One without a record, written by ganpaint
@@ -43,11 +43,11 @@ from ganpaint import config as config_lib
 from ganpaint.config import ConfigError, TrainConfig
 from ganpaint.errors import OutOfSpace, UserError, WeightsNotFinite
 from ganpaint.files import free_bytes, install_directory, no_space, reporting_full_disk
-from ganpaint.train import integrity
-from ganpaint.train.backend import TrainState
-from ganpaint.train.distributed import main_process_value, sum_over_ranks
-from ganpaint.train.guard import finite_flags
-from ganpaint.train.integrity import CheckpointDamaged, describe
+from ganpaint.training import integrity
+from ganpaint.training.backend import TrainState
+from ganpaint.training.distributed import main_process_value, sum_over_ranks
+from ganpaint.training.guard import finite_flags
+from ganpaint.training.integrity import CheckpointDamaged, describe
 
 PREFIX = "step-"
 STEP_DIR = re.compile(r"step-(\d+)")

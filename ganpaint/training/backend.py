@@ -1,11 +1,11 @@
 """The training backend: the few things a step, a checkpoint and the export ask of the engine.
 
 Two implementations share this interface: `DDPBackend` below (accelerate's DDP, and plain single
-process) and `DeepSpeedBackend` (ganpaint/train/deepspeed.py, one ZeRO engine per net). The step
+process) and `DeepSpeedBackend` (ganpaint/training/deepspeed.py, one ZeRO engine per net). The step
 functions, the checkpoint module and the loop call these methods and never ask which one runs.
 
 `TrainState` is what training changes: the prepared nets and optimisers and the run's health
-counters (ganpaint/train/guard.py, kept on the device). What stays fixed during a run (loss
+counters (ganpaint/training/guard.py, kept on the device). What stays fixed during a run (loss
 weights, geometry, hole fill) is `steps.StepSettings`.
 """
 
@@ -25,17 +25,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ganpaint import losses
-from ganpaint.config import RunConfig, TrainConfig
+from ganpaint.config import RunConfig
 from ganpaint.models import Nets
 from ganpaint.models.layers import cpu_state_dict, plain_module
-from ganpaint.train import rendezvous
-from ganpaint.train.guard import (
+from ganpaint.training import rendezvous
+from ganpaint.training.guard import (
     Health,
     guarded_step,
     optimizer_state_tensors,
     place_for_device_steps,
 )
-from ganpaint.train.integrity import CheckpointDamaged, describe
+from ganpaint.training.integrity import CheckpointDamaged, describe
 
 Losses = dict[str, torch.Tensor]
 
@@ -43,6 +43,17 @@ Losses = dict[str, torch.Tensor]
 def accelerate_precision(run: RunConfig) -> str:
     """accelerate's name for run.mixed_precision ("no" for fp32)."""
     return "no" if run.mixed_precision == "fp32" else run.mixed_precision
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """The global batch and its accumulation: what an engine that sizes its own batches needs."""
+
+    global_batch: int  # data.batch_size: images per optimiser step over all processes
+    accumulation: int  # optim.grad_accum_steps
+
+    def micro_batch(self, processes: int) -> int:
+        return self.global_batch // (processes * self.accumulation)
 
 
 @dataclass
@@ -85,12 +96,13 @@ class Backend(abc.ABC):
     # run.compile is honoured (on CUDA); an engine whose wrapping is untested with it trains eagerly.
     compiles_nets: ClassVar[bool] = True
 
-    def __init__(self, accelerator: Accelerator) -> None:
+    def __init__(self, accelerator: Accelerator, run: RunConfig) -> None:
         self.accelerator = accelerator
+        self.run = run  # the run section: precision, engine settings, where settings came from
 
     @abc.abstractmethod
     def prepare(
-        self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
+        self, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...], batch: BatchGeometry
     ) -> TrainState:
         """Wrap both nets and their optimisers for this engine."""
 
@@ -124,8 +136,9 @@ class Backend(abc.ABC):
         `save`) do not fit this run, CheckpointDamaged (or any exception) if a file is damaged."""
 
     @abc.abstractmethod
-    def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
-        """Both nets with fp32 weights for the inference export (collective)."""
+    def export_nets(self, state: TrainState, build: Callable[[], Nets]) -> Nets:
+        """Both nets with fp32 weights for the inference export (collective); `build` makes a
+        fresh pair of the run's nets, for engines that hold their weights elsewhere."""
 
     @abc.abstractmethod
     def held_tensors(self, state: TrainState) -> dict[str, list[torch.Tensor]]:
@@ -173,7 +186,7 @@ class DDPBackend(Backend):
         )
 
     def prepare(
-        self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
+        self, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...], batch: BatchGeometry
     ) -> TrainState:
         prepared = self.accelerator.prepare(nets.generator, nets.discriminator, *optimizers)
         state = TrainState(self, *prepared)
@@ -236,7 +249,7 @@ class DDPBackend(Backend):
             if self.accelerator.scaler is not None and "scaler" in saved:
                 self.accelerator.scaler.load_state_dict(saved["scaler"])
 
-    def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
+    def export_nets(self, state: TrainState, build: Callable[[], Nets]) -> Nets:
         return Nets(plain_module(state.generator), plain_module(state.discriminator))
 
     def held_tensors(self, state: TrainState) -> dict[str, list[torch.Tensor]]:

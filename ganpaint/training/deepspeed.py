@@ -47,20 +47,21 @@ from packaging.version import Version
 from torch import nn
 
 from ganpaint import losses
-from ganpaint.config import ConfigError, RunConfig, TrainConfig, micro_batch_size
+from ganpaint.config import ConfigError, RunConfig
 from ganpaint.errors import UserError
-from ganpaint.models import Nets, build_nets
-from ganpaint.train import rendezvous
-from ganpaint.train.backend import (
+from ganpaint.models import Nets
+from ganpaint.training import rendezvous
+from ganpaint.training.backend import (
     Backend,
+    BatchGeometry,
     Losses,
     TrainState,
     accelerate_precision,
     plain_module,
     tensor_bytes,
 )
-from ganpaint.train.guard import NET_NAMES, optimizer_state_tensors
-from ganpaint.train.integrity import CheckpointDamaged
+from ganpaint.training.guard import NET_NAMES, optimizer_state_tensors
+from ganpaint.training.integrity import CheckpointDamaged
 
 # Verified with 0.19.8; the non-finite guard relies on bf16.check_grad_overflow (recent versions).
 MIN_DEEPSPEED = "0.19"
@@ -200,16 +201,18 @@ def _claim(ds_config: dict, key: str, value: int, origin: str, source: str) -> N
     ds_config[key] = value
 
 
-def set_batch_geometry(plugin: DeepSpeedPlugin, config: TrainConfig, processes: int) -> None:
+def set_batch_geometry(
+    plugin: DeepSpeedPlugin, batch: BatchGeometry, processes: int, run: RunConfig
+) -> None:
     """Micro batch = the loop's per-process batch, accumulation = optim.grad_accum_steps."""
-    accumulation = config.optim.grad_accum_steps
-    origin, ds_config = _origin(config.run), plugin.deepspeed_config
-    _claim(ds_config, "train_batch_size", config.data.batch_size, origin, "data.batch_size")
+    accumulation = batch.accumulation
+    origin, ds_config = _origin(run), plugin.deepspeed_config
+    _claim(ds_config, "train_batch_size", batch.global_batch, origin, "data.batch_size")
     _claim(ds_config, "gradient_accumulation_steps", accumulation, origin, "optim.grad_accum_steps")
     _claim(
         ds_config,
         "train_micro_batch_size_per_gpu",
-        micro_batch_size(config, processes),
+        batch.micro_batch(processes),
         origin,
         f"data.batch_size / ({processes} processes x {accumulation} accumulation steps)",
     )
@@ -296,7 +299,7 @@ class DeepSpeedBackend(Backend):
         return make_accelerator(run, use_cpu, trackers)
 
     def prepare(
-        self, config: TrainConfig, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...]
+        self, nets: Nets, optimizers: tuple[torch.optim.Optimizer, ...], batch: BatchGeometry
     ) -> TrainState:
         """One engine (and optimiser wrapper) per net, each from its own plugin."""
         accelerator, prepared = self.accelerator, []
@@ -305,7 +308,7 @@ class DeepSpeedBackend(Backend):
         ):
             accelerator.state.select_deepspeed_plugin(name)
             set_batch_geometry(
-                accelerator.state.deepspeed_plugin, config, accelerator.num_processes
+                accelerator.state.deepspeed_plugin, batch, accelerator.num_processes, self.run
             )
             engine, wrapper = accelerator.prepare(net, optimizer)
             _cast_at_the_boundary(engine.module)
@@ -365,9 +368,9 @@ class DeepSpeedBackend(Backend):
                     f"{directory / name}: DeepSpeed found no checkpoint to load"
                 )
 
-    def export_nets(self, state: TrainState, config: TrainConfig) -> Nets:
+    def export_nets(self, state: TrainState, build: Callable[[], Nets]) -> Nets:
         """Fresh fp32 copies of both nets holding the engines' fp32 master weights."""
-        nets = build_nets(config.model, config.data.image_px, config.masks.local_px)
+        nets = build()
         nets.generator.load_state_dict(full_precision_state(state.generator))
         nets.discriminator.load_state_dict(full_precision_state(state.discriminator))
         return nets

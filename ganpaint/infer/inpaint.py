@@ -1,6 +1,6 @@
 """`ganpaint inpaint`: fill the holes of users' images of any size, with optional Poisson blending.
 
-The net runs on a window around each group of holes (`ganpaint.windows`), at the scale it was
+The net runs on a window around each group of holes (`ganpaint.infer.windows`), at the scale it was
 trained at: a 2560 x 1600 photo with a brushed hole costs a few hundred pixels of net, and a hole
 thicker than the trained ones is shrunk to their scale and the prediction resized back. glcic nets
 are fully convolutional: the window is reflect-padded to a multiple of 4 and cropped back.
@@ -14,7 +14,7 @@ NORMAL_CLONE) into it over the slightly dilated hole, window by window. Whatever
 outside the hole are returned bit-identical, the alpha channel is kept and greyscale images come
 back greyscale. Images above --max-megapixels are refused from their header, before decoding.
 
-Image and mask are read as a viewer shows them (`ganpaint.images`): turned by their EXIF
+Image and mask are read as a viewer shows them (`ganpaint.infer.images`): turned by their EXIF
 orientation, so a mask drawn over a phone photo as shown fits it and the output is written upright
 (with no orientation tag to turn it again); 16-bit images are filled and written at 8 bits.
 """
@@ -30,15 +30,12 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ganpaint.blend import poisson_blend
-from ganpaint.callable_module import make_callable
 from ganpaint.errors import UserError
-from ganpaint.eval.runs import open_model, resolve_device
-from ganpaint.export import Exported
-from ganpaint.images import DEFAULT_MAX_MEGAPIXELS, read_image, write_image
-from ganpaint.windows import NET_MULTIPLE, Window, net_geometry, plan_windows
-
-make_callable(__name__, "inpaint")  # ganpaint.inpaint(model, image, hole): see ganpaint/api.py
+from ganpaint.infer.blend import poisson_blend
+from ganpaint.infer.export import Exported
+from ganpaint.infer.images import DEFAULT_MAX_MEGAPIXELS, read_image, write_image
+from ganpaint.infer.runs import open_model, resolve_device
+from ganpaint.infer.windows import Window, net_geometry, plan_windows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
@@ -113,11 +110,13 @@ def run_net(
 def _predict_convolutional(
     exported: Exported, image: torch.Tensor, hole_mask: torch.Tensor, caption: str | None
 ) -> torch.Tensor:
-    """Fully convolutional net, its input reflect-padded to a multiple of NET_MULTIPLE."""
+    """Fully convolutional net, its input reflect-padded to a multiple of the family's
+    `size_multiple`."""
     height, width = image.shape[-2:]
-    pad = (0, -width % NET_MULTIPLE, 0, -height % NET_MULTIPLE)
+    multiple = exported.family.size_multiple
+    pad = (0, -width % multiple, 0, -height % multiple)
     # Mirror the mask with the image, so mirrored hole content is never shown to the net.
-    mode = "reflect" if min(height, width) > NET_MULTIPLE else "replicate"
+    mode = "reflect" if min(height, width) > multiple else "replicate"
     padded_image = functional.pad(image, pad, mode=mode)
     padded_hole = functional.pad(hole_mask, pad, mode=mode)
     return run_net(exported, padded_image, padded_hole, caption)[..., :height, :width]
