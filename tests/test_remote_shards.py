@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_stream import identity_data as stream_identity_data
 
 from ganpaint import config as config_lib
 from ganpaint.cli import main
@@ -124,18 +125,8 @@ def shard_server(directory: Path, user: str = "") -> Iterator:
 
 
 def identity_data(shards, **changes) -> DataConfig:
-    """Stored 64-px images as they are (no resize, flip or shuffle), short remote timeouts."""
-    values = dict(
-        shards=str(shards),
-        image_px=64,
-        resize_min_px=64,
-        resize_max_px=64,
-        hflip=False,
-        workers=0,
-        shuffle_buffer=0,
-        remote_timeout_s=4.0,
-    )
-    return DataConfig(**{**values, **changes})
+    """The stream test's identity crops (stored 64-px images as they are), short remote timeouts."""
+    return stream_identity_data(shards, **{"remote_timeout_s": 4.0, **changes})
 
 
 def take(data: DataConfig, count: int, start: int = 0, batch: int = 4, **options) -> list:

@@ -334,16 +334,21 @@ time.sleep(600)
 """
 
 
-def test_a_lock_left_by_a_killed_trainer_is_taken_over(synthetic_shards, make_config, capsys):
-    config = make_config(synthetic_shards, **SIX_STEPS)
-    run_dir = Path(config.run.dir)
-    holder = subprocess.Popen(
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process that takes the run directory's lock and waits (prints "locked")."""
+    return subprocess.Popen(
         [sys.executable, "-c", LOCK_AND_WAIT, str(run_dir)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def test_a_lock_left_by_a_killed_trainer_is_taken_over(synthetic_shards, make_config, capsys):
+    config = make_config(synthetic_shards, **SIX_STEPS)
+    run_dir = Path(config.run.dir)
+    holder = hold_lock(run_dir)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(lock_module.RunDirectoryBusy, match=f"pid {holder.pid} on host"):
@@ -364,13 +369,7 @@ def test_every_rank_of_a_launch_refuses_a_locked_run_dir(synthetic_shards, tmp_p
     from test_distributed import launch
 
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_AND_WAIT, str(run_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    holder = hold_lock(run_dir)
     try:
         assert holder.stdout.readline().strip() == "locked"
         done = launch(ROOT / "train.py", *tiny_train(synthetic_shards, run_dir)[1:])
