@@ -5,6 +5,9 @@ PY         := $(VENV)/bin/python
 # This machine's pip takes these from local disk; on a GPU node with torch already installed, use
 # `make setup TORCH_SPEC=` (empty) to keep the torch you have (>= 2.4).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# What tests/test_remote_shards.py needs (s3:// against moto's S3 server), installed in a pip call
+# of its own: resolved together with the dev and deepspeed extras, pip backtracks for ever.
+REMOTE_TEST_SPEC ?= 's3fs>=2023.1' 'aiohttp>=3.8' 'moto[server]>=5'
 CELEBA_DIR ?=
 COCO_DIR   ?=
 SHARD_SIZE ?= 256
@@ -24,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install --no-cache-dir $(TORCH_SPEC))
 	$(PY) -m pip install --no-cache-dir -e '.[dev,deepspeed]'
+	$(PY) -m pip install --no-cache-dir $(REMOTE_TEST_SPEC)
 	touch $@
 
 setup: $(VENV)/.installed  ## build .venv and install ganpaint with its dev extras
