@@ -22,6 +22,7 @@ from ganpaint.config.sections import (
     LR_DECAYS,
     MASK_KINDS,
     MAX_BATCH_SIZE,
+    ON_BAD_SHARD,
     OPTIMIZERS,
     PRECISIONS,
     PROGRESS_MODES,
@@ -68,6 +69,7 @@ def _check_choices(config: TrainConfig) -> None:
         )
     _choice("masks.local_placement", masks.local_placement, LOCAL_PLACEMENTS)
     _choice("data.crop", data.crop, CROPS)
+    _choice("data.on_bad_shard", data.on_bad_shard, ON_BAD_SHARD)
     _choice("optim.generator", optim.generator, OPTIMIZERS)
     _choice("optim.discriminator", optim.discriminator, OPTIMIZERS)
     _choice("optim.lr_decay", optim.lr_decay, LR_DECAYS)
@@ -97,6 +99,8 @@ def _check_numbers(config: TrainConfig) -> None:
         "checkpoint.keep",
         "run.max_bad_steps",
         "run.rendezvous_timeout_s",
+        "data.remote_timeout_s",
+        "data.cache_max_gb",
         "masks.max_holes",
         "data.caption_tokens",
         "optim.generator_lr",

@@ -30,6 +30,7 @@ TRACKER_MODULES = {
 HOLE_FILLS = ("mean", "zero", "pyramid", "harmonic", "biharmonic", "tension")  # completion.HoleFill
 LOCAL_PLACEMENTS = ("centred", "random")
 CROPS = ("random", "centre")
+ON_BAD_SHARD = ("fail", "skip")  # what a remote shard whose sha256 is not the manifest's does
 # The largest global batch accepted: far above any preset (96), and a typo like 1000000000
 # otherwise ends in a terabyte allocation after the whole start-up.
 MAX_BATCH_SIZE = 65536

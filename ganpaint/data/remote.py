@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ganpaint.config.sections import ON_BAD_SHARD
 from ganpaint.errors import UserError
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ SCHEMES = {
     "s3": ("s3fs", "s3"),
     "gs": ("gcsfs", "gcs"),
 }
-ON_BAD_SHARD = ("fail", "skip")
 CHUNK_BYTES = 8 << 20  # one ranged request: a broken one is asked again from its last byte
 MIN_CHUNK_BYTES = 256 << 10  # timed-out requests halve the chunk down to this
 REQUEST_TIMEOUT_S = 30.0  # one request's limit (and at most a third of data.remote_timeout_s)
