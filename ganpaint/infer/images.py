@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ganpaint.data.pixels import to_uint8
 from ganpaint.errors import UserError
 
 DEFAULT_MAX_MEGAPIXELS = 40.0  # a 48 MP phone photo is 8000 x 6000: resize it first
@@ -37,7 +38,6 @@ UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     7: lambda pixels: pixels.swapaxes(0, 1)[::-1, ::-1],
     8: lambda pixels: np.rot90(pixels, 1),
 }
-UINT16_MAX = 65535
 
 
 def check_pixel_count(width: int, height: int, max_megapixels: float, source: str) -> None:
@@ -74,14 +74,11 @@ def check_header(data: bytes, source: str, max_megapixels: float) -> int:
 
 
 def to_eight_bits(pixels: np.ndarray, source: str) -> np.ndarray:
-    """uint8 pixels of decoded uint8 or uint16 ones (16-bit PNG or TIFF, grey or colour), each
-    value scaled by 255 / 65535 and rounded, as `ganpaint shards` packs them."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    if pixels.dtype == np.uint16:
-        wide = pixels.astype(np.uint32)  # v * 255 + 32767 stays exact
-        return ((wide * 255 + UINT16_MAX // 2) // UINT16_MAX).astype(np.uint8)
-    raise UserError(f"{source}: {pixels.dtype} pixels; only 8- and 16-bit images are supported")
+    """uint8 pixels of decoded uint8 or uint16 ones (16-bit PNG or TIFF, grey or colour), scaled
+    by the rule `ganpaint shards` packs them with (`data.pixels.to_uint8`)."""
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise UserError(f"{source}: {pixels.dtype} pixels; only 8- and 16-bit images are supported")
+    return to_uint8(pixels)
 
 
 def decode_image(
