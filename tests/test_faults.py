@@ -48,10 +48,10 @@ def stats(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
 
 
-def run_command(arguments: list[str], timeout: float = 180, **popen) -> tuple[int, str, str]:
-    """Run a command in its own session; a process still alive after `timeout` is a hang: the
-    whole group is killed and the test fails."""
-    process = subprocess.Popen(
+def spawn(arguments: list[str], **popen) -> subprocess.Popen:
+    """`arguments` started in a session of its own (so a hang's whole group can be killed), one
+    compute thread, this checkout importable; output captured as text."""
+    return subprocess.Popen(
         arguments,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -61,6 +61,12 @@ def run_command(arguments: list[str], timeout: float = 180, **popen) -> tuple[in
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
         **popen,
     )
+
+
+def run_command(arguments: list[str], timeout: float = 180, **popen) -> tuple[int, str, str]:
+    """Run a command in its own session; a process still alive after `timeout` is a hang: the
+    whole group is killed and the test fails."""
+    process = spawn(arguments, **popen)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_faults import ROOT, TINY, assert_one_line_error, ganpaint, run_command, stats
+from test_faults import ROOT, TINY, assert_one_line_error, ganpaint, run_command, spawn, stats
 
 from ganpaint import config as config_lib
 from ganpaint.config import ConfigError
@@ -289,15 +289,7 @@ def wait_for_lock_holder(run_dir: Path, process: subprocess.Popen, timeout: floa
 
 
 def start(arguments: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ganpaint.cli", *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-    )
+    return spawn([sys.executable, "-m", "ganpaint.cli", *arguments])
 
 
 def test_a_second_trainer_of_a_run_dir_is_refused_while_the_first_trains_on(

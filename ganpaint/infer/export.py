@@ -133,14 +133,18 @@ def save_export(
 EXPORT_SLACK_BYTES = 1 << 20
 
 
-def _refuse_non_finite(state: dict[str, torch.Tensor], file: Path) -> None:
-    """WeightsNotFinite naming the file and the first tensor holding inf or NaN (the tensors are
-    on the CPU already: no device sync)."""
-    broken = [
+def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating tensors holding inf or NaN (CPU tensors: no device sync)."""
+    return [
         name
         for name, tensor in state.items()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], file: Path) -> None:
+    """WeightsNotFinite naming the file and the first tensor holding inf or NaN."""
+    broken = _non_finite(state)
     if broken:
         raise WeightsNotFinite(
             f"{file}: refused: {len(broken)} tensors hold inf or NaN (first: {broken[0][:60]})"
@@ -207,11 +211,7 @@ def _read(file: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _check_finite(state: dict[str, torch.Tensor], file: Path) -> None:
     """Refuse weights holding NaN or infinity: the net would paint them into every hole."""
-    broken = [
-        name
-        for name, tensor in state.items()
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
+    broken = _non_finite(state)
     if broken:
         raise _refusal(
             file,
