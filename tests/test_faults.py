@@ -51,15 +51,14 @@ def stats(run_dir: Path) -> list[dict]:
 def spawn(arguments: list[str], **popen) -> subprocess.Popen:
     """`arguments` started in a session of its own (so a hang's whole group can be killed), one
     compute thread, this checkout importable; output captured as text."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return subprocess.Popen(
         arguments,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-        **popen,
+        **{**streams, **popen},
     )
 
 

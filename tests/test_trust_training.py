@@ -277,7 +277,7 @@ def test_state_gone_non_finite_on_one_rank_rolls_every_rank_back(
 def wait_for_lock_holder(run_dir: Path, process: subprocess.Popen, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert process.poll() is None, "the first trainer ended before it took the lock"
         try:
             holder = json.loads((run_dir / lock_module.LOCK_NAME).read_text())
             if holder["pid"] == process.pid:
@@ -288,15 +288,21 @@ def wait_for_lock_holder(run_dir: Path, process: subprocess.Popen, timeout: floa
     raise AssertionError("the first trainer never took the lock")
 
 
-def start(arguments: list[str]) -> subprocess.Popen:
-    return spawn([sys.executable, "-m", "ganpaint.cli", *arguments])
+def start(arguments: list[str], log: Path) -> subprocess.Popen:
+    """`ganpaint` in the background, its output to `log`: a pipe nobody reads while it trains
+    would fill and stop it."""
+    with log.open("w") as output:
+        return spawn(
+            [sys.executable, "-m", "ganpaint.cli", *arguments], stdout=output, stderr=output
+        )
 
 
 def test_a_second_trainer_of_a_run_dir_is_refused_while_the_first_trains_on(
     synthetic_shards, tmp_path
 ):
     run_dir = tmp_path / "run"
-    first = start(tiny_train(synthetic_shards, run_dir, "schedule.total_steps=100000"))
+    log = tmp_path / "first.log"
+    first = start(tiny_train(synthetic_shards, run_dir, "schedule.total_steps=100000"), log)
     try:
         holder = wait_for_lock_holder(run_dir, first)
         status, _, err = ganpaint(*tiny_train(synthetic_shards, run_dir))
@@ -309,12 +315,13 @@ def test_a_second_trainer_of_a_run_dir_is_refused_while_the_first_trains_on(
             time.sleep(0.2)
         assert first.poll() is None and len(stats(run_dir)) > rows + 2  # it trains on
         first.send_signal(signal.SIGTERM)  # stops at its next tick with a checkpoint
-        out, err = first.communicate(timeout=120)
-        assert first.returncode == 0 and "stop signal: checkpoint saved" in out, err[-3000:]
+        first.wait(timeout=120)
+        output = log.read_text()
+        assert first.returncode == 0 and "stop signal: checkpoint saved" in output, output[-3000:]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-            first.communicate()
+            first.wait()
 
 
 LOCK_AND_WAIT = """
